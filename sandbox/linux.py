@@ -178,3 +178,39 @@ def namespace_inodes(pid: int | str = "self", names=("user", "mnt", "uts", "ipc"
         except OSError:
             pass
     return out
+
+
+# capget(2)/capset(2), used to trim the inheritable set: the bounding set alone
+# doesn't stop a root execve from keeping inheritable capabilities.
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_NR_CAPGET = {"x86_64": 125, "aarch64": 90}.get(_MACHINE, 125)
+_NR_CAPSET = {"x86_64": 126, "aarch64": 91}.get(_MACHINE, 126)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def capget() -> tuple[int, int, int]:
+    """This thread's (effective, permitted, inheritable) capability masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(libc.syscall(_NR_CAPGET, ctypes.byref(header), ctypes.byref(data)), "capget")
+    return tuple(getattr(data[0], f) | (getattr(data[1], f) << 32)
+                 for f in ("effective", "permitted", "inheritable"))
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in (0, 1):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(libc.syscall(_NR_CAPSET, ctypes.byref(header), ctypes.byref(data)), "capset")

@@ -1,0 +1,216 @@
+"""``glassbox``: up, daemon, run, bench.
+
+The mount namespace is made private first thing, before any thread exists
+(see ``engine.enter_private_mount_namespace``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import threading
+
+SIZE = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)(?:i?b)?$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``64m``, ``1g``, ``512k``, ``1048576`` — as ``docker run -m`` takes them."""
+    match = SIZE.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use e.g. 64m, 1g, 512k")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit])
+
+
+def parse_env(text: str) -> str:
+    if "=" not in text:
+        value = os.environ.get(text)
+        if value is None:
+            raise argparse.ArgumentTypeError(f"-e {text}: no '=' and no such variable here")
+        return f"{text}={value}"
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glassbox", description="A container you can see through.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def state(p):
+        p.add_argument("--state-dir", help="default: $GLASSBOX_STATE_DIR or /var/lib/glassbox")
+
+    up = sub.add_parser("up", help="the daemon and the web app together")
+    state(up)
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--host", default="127.0.0.1")
+
+    daemon = sub.add_parser("daemon", help="the daemon alone")
+    state(daemon)
+
+    # -h is --hostname, as in docker run; help is --help only.
+    run = sub.add_parser("run", help="run one container straight through the engine", add_help=False)
+    run.add_argument("--help", action="help", help="show this help and exit")
+    state(run)
+    run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    run.add_argument("--name")
+    run.add_argument("-m", "--memory", type=parse_size, default=None, help="memory limit, e.g. 64m")
+    run.add_argument("--pids-limit", type=int, default=None)
+    run.add_argument("--cpus", type=float, default=None)
+    run.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds")
+    run.add_argument("--writable-size", type=parse_size, default=None,
+                     help="cap of the writable layer (default 64m)")
+    run.add_argument("--hostname", "-h", dest="hostname")
+    run.add_argument("-e", "--env", type=parse_env, action="append", default=[])
+    run.add_argument("-v", "--volume", action="append", default=[], help="HOSTDIR:PATH[:ro]")
+    run.add_argument("-w", "--workdir")
+    run.add_argument("-u", "--user")
+    run.add_argument("--entrypoint")
+    run.add_argument("-t", "--tty", action="store_true", help="a PTY attached to this terminal")
+    run.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    run.add_argument("--events", action="store_true", help="every event as a JSON line on stderr")
+    run.add_argument("image")
+    run.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    bench = sub.add_parser("bench", help="benchmarks (last line: JSON figures)")
+    state(bench)
+    bench.add_argument("name", choices=["start"])
+    bench.add_argument("-n", type=int, default=30)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sandbox.engine import enter_private_mount_namespace
+    if os.geteuid() == 0:
+        enter_private_mount_namespace()
+    if args.command == "run":
+        return command_run(args)
+    if args.command == "daemon":
+        from sandbox.daemon import serve
+        return serve(args.state_dir)
+    if args.command == "up":
+        from sandbox.daemon import serve
+        return serve(args.state_dir, web=(args.host, args.port))
+    if args.command == "bench":
+        from sandbox import bench
+        return bench.main(args)
+    return 2
+
+
+def command_run(args) -> int:
+    from sandbox.engine import Engine, EngineError
+    from sandbox.runtime import ContainerConfig, ContainerError, Mount, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_WRITABLE
+
+    try:
+        mounts = [Mount.parse(v) for v in args.volume]
+    except ValueError as exc:
+        print(f"glassbox: {exc}", file=sys.stderr)
+        return 125
+    config = ContainerConfig(
+        image=args.image, cmd=args.cmd or None,
+        entrypoint=[args.entrypoint] if args.entrypoint else None,
+        env=args.env, name=args.name, hostname=args.hostname, workdir=args.workdir,
+        user=args.user,
+        memory=args.memory if args.memory is not None else DEFAULT_MEMORY,
+        pids_limit=args.pids_limit if args.pids_limit is not None else DEFAULT_PIDS,
+        cpus=args.cpus, timeout=args.timeout,
+        writable_size=args.writable_size or DEFAULT_WRITABLE,
+        mounts=mounts, tty=args.tty, open_stdin=args.interactive or args.tty,
+        auto_remove=args.rm)
+    try:
+        engine = Engine(args.state_dir)
+    except EngineError as exc:
+        print(f"glassbox: {exc}", file=sys.stderr)
+        return 125
+    if args.events:
+        def print_event(event):
+            sys.stderr.write(event.to_json() + "\n")
+            sys.stderr.flush()
+        engine.bus.subscribe(print_event)
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+
+    def relay(stream: str, data: bytes) -> None:
+        target = err if stream == "stderr" else out
+        target.write(data)
+        target.flush()
+
+    terminal = Terminal() if args.tty and sys.stdin.isatty() else None
+    try:
+        container = engine.create(config)
+        if terminal:
+            terminal.enter()
+        process = engine.start(container, relay)
+        if config.open_stdin:
+            forward_stdin(process, raw=bool(terminal))
+        if terminal:
+            terminal.follow_size(process)
+        # Ctrl-C and SIGTERM go to the container, as they would with docker run.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda s, _f: process.signal(s))
+        status = engine.wait(container)
+    except (EngineError, ContainerError) as exc:
+        print(f"glassbox: {exc}", file=sys.stderr)
+        engine.close()
+        return getattr(exc, "exit_code", 125)
+    finally:
+        if terminal:
+            terminal.leave()
+    if status.error:
+        print(f"glassbox: {status.error}", file=sys.stderr)
+    elif status.oom_killed:
+        print("glassbox: the container was killed by the kernel's OOM killer "
+              f"(memory limit {config.memory} bytes)", file=sys.stderr)
+    elif status.timed_out:
+        print(f"glassbox: the container was killed after its {args.timeout} s time limit",
+              file=sys.stderr)
+    engine.close()
+    return status.code
+
+
+def forward_stdin(process, raw: bool) -> None:
+    def pump():
+        fd = sys.stdin.fileno()
+        while True:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                if not raw:
+                    process.close_stdin()
+                return
+            try:
+                process.write_stdin(data)
+            except (OSError, ValueError):
+                return
+    threading.Thread(target=pump, daemon=True, name="stdin").start()
+
+
+class Terminal:
+    """The caller's terminal in raw mode while a container owns it."""
+
+    def __init__(self):
+        import termios
+        self.fd = sys.stdin.fileno()
+        self.saved = termios.tcgetattr(self.fd)
+
+    def enter(self) -> None:
+        import tty
+        tty.setraw(self.fd)
+
+    def leave(self) -> None:
+        import termios
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+    def follow_size(self, process) -> None:
+        def resize(*_):
+            size = os.get_terminal_size(self.fd)
+            process.resize(size.lines, size.columns)
+        resize()
+        signal.signal(signal.SIGWINCH, resize)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

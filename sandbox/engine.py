@@ -1,0 +1,350 @@
+"""The engine: one state dir, its images, its containers, its event stream.
+
+The daemon, ``glassbox run`` and the benchmarks all drive containers through
+an ``Engine``. It owns the privileged pieces: the cgroup driver, the zygote,
+the mounts. Creating one reconciles what a previous engine on the same state
+dir left behind if it was killed (processes, cgroups, mounts, directories).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from sandbox import cgroups, linux
+from sandbox.events import EventBus
+from sandbox.images import ImageStore
+from sandbox.runtime import (Container, ContainerConfig, ContainerError, ExitStatus,
+                             OutputListener, Process, Runtime)
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+DEFAULT_STATE_DIR = "/var/lib/glassbox"
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+
+
+class EngineError(Exception):
+    """A request the engine refuses; the message says what was wrong."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(EngineError):
+    def __init__(self, message: str):
+        super().__init__(message, 404)
+
+
+class Conflict(EngineError):
+    def __init__(self, message: str):
+        super().__init__(message, 409)
+
+
+def state_dir_from_env(value: str | None = None) -> Path:
+    return Path(value or os.environ.get("GLASSBOX_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+_private_mounts = False
+
+
+def enter_private_mount_namespace() -> bool:
+    """Gives this process its own mount namespace, if it still can.
+
+    Every mount the engine makes (writable layers, overlays, idmapped layers)
+    then lives only here: the host's mount table never sees them, and if this
+    process is killed the kernel drops them all with the namespace. Host mounts
+    still propagate in (slave). Only possible while single-threaded.
+    """
+    global _private_mounts
+    if _private_mounts:
+        return True
+    if threading.active_count() > 1:
+        return False
+    linux.unshare(linux.CLONE_NEWNS)
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
+    _private_mounts = True
+    return True
+
+
+class Engine:
+    def __init__(self, state_dir: str | os.PathLike | None = None, host: str = "",
+                 uid_base: int = 100000, sample_interval: float = 0.5):
+        if os.geteuid() != 0:
+            raise EngineError("the Glassbox engine must run as root (it creates namespaces, "
+                              "cgroups and mounts)", 500)
+        self.private_mounts = enter_private_mount_namespace()
+        self.state_dir = Path(state_dir) if state_dir else state_dir_from_env()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o711)
+        self._lock_file = open(self.state_dir / "engine.lock", "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise EngineError(f"another Glassbox engine is using {self.state_dir}; stop it "
+                              "or choose another --state-dir", 409) from None
+        self.host = host
+        self.bus = EventBus()
+        self.images = ImageStore(self.state_dir)
+        self.images.ensure_base_images()
+        tag = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:10]
+        self.cgroup_root = f"glassbox-{tag}"
+        self.cgroups = cgroups.detect(self.cgroup_root)
+        self.containers_dir = self.state_dir / "containers"
+        self.containers_dir.mkdir(exist_ok=True)
+        self.reconcile()
+        self.cgroups = cgroups.detect(self.cgroup_root)  # remove_all took the root group too
+        self.runtime = Runtime(self.state_dir, self.bus, self.cgroups, uid_base=uid_base, host=host)
+        self.containers: dict[str, Container] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._sampler = threading.Thread(target=self._sample_loop, args=(sample_interval,),
+                                         name="cgroup-sampler", daemon=True)
+        self._sampler.start()
+
+    # ------------------------------------------------------------------ start-up
+
+    def reconcile(self) -> dict:
+        """Removes what a killed engine left: processes, cgroups, mounts, dirs."""
+        removed_cgroups = self.cgroups.remove_all()
+        mounts = []
+        root = str(self.state_dir.resolve())
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                target = line.split()[4].replace("\\040", " ")
+                if target == root or target.startswith(root + "/"):
+                    mounts.append(target)
+        for target in sorted(mounts, key=len, reverse=True):
+            try:
+                linux.umount(target, linux.MNT_DETACH)
+            except OSError as exc:
+                log.warning("could not unmount leftover %s: %s", target, exc)
+        leftovers = [p.name for p in self.containers_dir.iterdir()]
+        for path in self.containers_dir.iterdir():
+            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(self.state_dir / "idmap", ignore_errors=True)
+        found = {"cgroups": removed_cgroups, "mounts": mounts, "containers": leftovers}
+        if any(found.values()):
+            self.bus.emit("engine.reconciled", {"engine": str(self.state_dir)}, found, host=self.host)
+        return found
+
+    # ------------------------------------------------------------------ containers
+
+    def create(self, config: ContainerConfig) -> Container:
+        image = self.images.get(config.image)
+        validate_config(config)
+        with self._lock:
+            if config.name:
+                if any(c.name == config.name for c in self.containers.values()):
+                    raise Conflict(f"the container name {config.name!r} is already in use")
+                name = config.name
+            else:
+                name = self._generate_name()
+            ident = secrets.token_hex(32)
+            directory = self.containers_dir / ident
+            directory.mkdir(mode=0o700)
+            container = Container(ident, name, config, image, directory)
+            self.containers[ident] = container
+        self._save(container)
+        self.bus.emit("container.created", container.subject(),
+                      {"image": image.name, "image_id": image.id, "argv": container.argv,
+                       "hostname": container.hostname}, host=self.host)
+        return container
+
+    def start(self, ref: str | Container, on_output: OutputListener | None = None) -> Process:
+        c = self.get(ref)
+        if c.state != "created":
+            raise Conflict(f"container {c.name} is {c.state}; only a created container can start")
+        try:
+            process = self.runtime.start(c, on_output)
+        except ContainerError as exc:
+            c.state = "exited"
+            c.status = ExitStatus(exc.exit_code, error=f"{exc.step}: {exc}")
+            c.finished_at = time.time()
+            c.stopped.set()
+            self._after_exit(c)
+            raise
+        c.stopped.clear()
+        threading.Thread(target=self._watch, args=(c,), daemon=True,
+                         name=f"watch-{c.id[:12]}").start()
+        self._save(c)
+        return process
+
+    def _watch(self, c: Container) -> None:
+        c.stopped.wait()
+        self._after_exit(c)
+
+    def _after_exit(self, c: Container) -> None:
+        self._save(c)
+        if c.config.auto_remove:
+            self.remove(c, force=True)
+
+    def run(self, config: ContainerConfig, on_output: OutputListener | None = None) -> ExitStatus:
+        """create + start + wait (+ remove with auto_remove), as ``docker run``."""
+        c = self.create(config)
+        try:
+            self.start(c, on_output)
+        except ContainerError:
+            return c.status
+        return self.wait(c)
+
+    def wait(self, ref: str | Container, timeout: float | None = None) -> ExitStatus:
+        c = self.get(ref, include_removed=True)
+        if c.state == "created":
+            raise Conflict(f"container {c.name} has not been started")
+        if not c.stopped.wait(timeout):
+            raise EngineError(f"container {c.name} still running after {timeout} s", 408)
+        return c.status
+
+    def kill(self, ref: str | Container, sig: int = 9) -> None:
+        c = self.get(ref)
+        if c.state != "running" or c.process is None:
+            raise Conflict(f"container {c.name} is not running")
+        self.bus.emit("container.kill", c.subject(), {"signal": sig}, host=self.host)
+        c.process.signal(sig)
+
+    def remove(self, ref: str | Container, force: bool = False) -> None:
+        c = self.get(ref, include_removed=True)
+        if c.state == "removed":
+            return
+        if c.state == "running":
+            if not force:
+                raise Conflict(f"container {c.name} is running: stop it first or force the removal")
+            self.runtime.kill_all(c)
+            c.stopped.wait(10)
+        with self._lock:
+            if c.state == "removed":
+                return
+            c.state = "removed"
+            self.containers.pop(c.id, None)
+        self.runtime.release(c)
+        self.runtime.remove_writable_layer(c)
+        self.bus.emit("container.removed", c.subject(), {}, host=self.host)
+
+    def exec(self, ref: str | Container, argv: list[str], **options) -> Process:
+        c = self.get(ref)
+        return self.runtime.exec(c, argv, **options)
+
+    def get(self, ref: str | Container, include_removed: bool = False) -> Container:
+        if isinstance(ref, Container):
+            if ref.state == "removed" and not include_removed:
+                raise NotFound(f"no such container: {ref.name}")
+            return ref
+        with self._lock:
+            if ref in self.containers:
+                return self.containers[ref]
+            by_name = [c for c in self.containers.values() if c.name == ref.lstrip("/")]
+            if by_name:
+                return by_name[0]
+            by_prefix = [c for c in self.containers.values() if c.id.startswith(ref)] if len(ref) >= 3 else []
+        if len(by_prefix) == 1:
+            return by_prefix[0]
+        if len(by_prefix) > 1:
+            raise EngineError(f"container id prefix {ref!r} is ambiguous")
+        raise NotFound(f"no such container: {ref}")
+
+    def list(self, all: bool = True) -> list[Container]:
+        with self._lock:
+            found = list(self.containers.values())
+        return [c for c in found if all or c.state == "running"]
+
+    def logs(self, ref: str | Container) -> list[dict]:
+        c = self.get(ref)
+        if not c.log_path.exists():
+            return []
+        with open(c.log_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def _generate_name(self) -> str:
+        adjectives = ("brave", "calm", "eager", "gentle", "keen", "lucid", "merry", "nimble",
+                      "quiet", "sharp", "tidy", "vivid", "witty", "zesty")
+        nouns = ("turing", "hopper", "lovelace", "ritchie", "thompson", "torvalds", "liskov",
+                 "knuth", "dijkstra", "hamilton", "kay", "lamport", "wirth", "stallman")
+        while True:
+            name = f"{secrets.choice(adjectives)}_{secrets.choice(nouns)}_{secrets.randbelow(100)}"
+            if not any(c.name == name for c in self.containers.values()):
+                return name
+
+    def _save(self, c: Container) -> None:
+        if c.state == "removed" or not c.dir.exists():
+            return
+        record = {"id": c.id, "name": c.name, "image": c.image.name, "image_id": c.image.id,
+                  "argv": c.argv, "state": c.state, "created": c.created_at,
+                  "started": c.started_at, "finished": c.finished_at,
+                  "status": c.status.__dict__ if c.status else None}
+        tmp = c.dir / "state.json.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, c.dir / "state.json")
+
+    # ------------------------------------------------------------------ sampling, shutdown
+
+    def _sample_loop(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            for c in self.list(all=False):
+                self.runtime.sample(c)
+
+    def info(self) -> dict:
+        containers = self.list()
+        return {
+            "version": VERSION,
+            "state_dir": str(self.state_dir),
+            "cgroup_driver": self.cgroups.name,
+            "cgroup_version": self.cgroups.version,
+            "private_mount_namespace": self.private_mounts,
+            "containers": len(containers),
+            "running": sum(c.state == "running" for c in containers),
+            "images": len(self.images.list()),
+        }
+
+    def close(self) -> None:
+        """Kills and removes every container, then the zygote and shared mounts."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        for c in self.list():
+            try:
+                self.remove(c, force=True)
+            except Exception:
+                log.exception("removing %s at shutdown", c.id)
+        self.runtime.close()
+        self.cgroups.remove_all()
+        self._lock_file.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def validate_config(config: ContainerConfig) -> None:
+    if config.name is not None and not NAME_PATTERN.match(config.name):
+        raise EngineError(f"invalid container name {config.name!r}: use letters, digits, "
+                          "'_', '.', '-' (up to 128), starting with a letter or digit")
+    if config.hostname is not None and not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9.-]{0,62}$", config.hostname):
+        raise EngineError(f"invalid hostname {config.hostname!r}")
+    if config.memory is not None and config.memory < 4 * 1024 * 1024:
+        raise EngineError("memory limit too low: at least 4 MiB (e.g. -m 64m)")
+    if config.pids_limit is not None and config.pids_limit < 1:
+        raise EngineError("the pids limit must be at least 1")
+    if config.cpus is not None and not (0.01 <= config.cpus <= os.cpu_count()):
+        raise EngineError(f"--cpus must be between 0.01 and {os.cpu_count()} on this machine")
+    if config.writable_size < 1024 * 1024:
+        raise EngineError("the writable layer must be at least 1 MiB")
+    if config.timeout is not None and config.timeout <= 0:
+        raise EngineError("the timeout must be a positive number of seconds")
+    for m in config.mounts:
+        if not Path(m.source).is_dir():
+            raise EngineError(f"volume source {m.source} is not a directory on the host")
+        if ".." in m.target.split("/"):
+            raise EngineError(f"volume target {m.target} may not contain '..'")
