@@ -309,6 +309,11 @@ def extract_layer(tar_path: str | os.PathLike, dest: Path) -> None:
     relative symlinks that point outside, hard links outside or to missing
     targets, paths through symlinks, and device nodes or fifos. On any failure
     nothing is left behind; ``dest`` appears only complete.
+
+    Owners (when running as root), modes including setuid, and mtimes are kept.
+    Whiteouts (``.wh.NAME``) come out as the plain files they are in the tar;
+    turning them into overlay whiteouts is the caller's business. Extended
+    attributes (PAX ``SCHILY.xattr.*``, e.g. file capabilities) are not applied.
     """
     dest = Path(dest)
     if os.path.lexists(dest):

@@ -282,9 +282,12 @@ class Engine:
                   "argv": c.argv, "state": c.state, "created": c.created_at,
                   "started": c.started_at, "finished": c.finished_at,
                   "status": c.status.__dict__ if c.status else None}
-        tmp = c.dir / "state.json.tmp"
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, c.dir / "state.json")
+        tmp = c.dir / f"state.json.{threading.get_ident()}"
+        try:
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, c.dir / "state.json")
+        except FileNotFoundError:
+            pass  # removed meanwhile (auto-remove): nothing left to record
 
     # ------------------------------------------------------------------ sampling, shutdown
 

@@ -41,10 +41,12 @@ class EventBus:
         self._recent: collections.deque[Event] = collections.deque(maxlen=keep)
         self._listeners: list[Listener] = []
 
-    def emit(self, kind: str, subject: dict, detail: dict | None = None, host: str = "") -> Event:
+    def emit(self, kind: str, subject: dict, detail: dict | None = None, host: str = "",
+             at: float | None = None) -> Event:
+        """``at``: when it happened, if not now (a step reported by a child process)."""
         with self._lock:
             self._seq += 1
-            event = Event(self._seq, time.time(), host, kind, subject, detail or {})
+            event = Event(self._seq, at or time.time(), host, kind, subject, detail or {})
             self._recent.append(event)
             for listener in list(self._listeners):
                 listener(event)

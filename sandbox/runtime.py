@@ -251,8 +251,8 @@ class Runtime:
         self._processes: dict[str, tuple[Container, Process]] = {}
         self._lock = threading.Lock()
 
-    def emit(self, kind: str, container: Container, **detail) -> None:
-        self.bus.emit(kind, container.subject(), detail, host=self.host)
+    def emit(self, kind: str, container: Container, at: float | None = None, **detail) -> None:
+        self.bus.emit(kind, container.subject(), detail, host=self.host, at=at)
 
     # ------------------------------------------------------------------ start
 
@@ -545,7 +545,7 @@ class Runtime:
         detail = dict(message.get("detail", {}))
         if process.id != c.id:
             detail["exec"] = process.id
-        self.emit(message["kind"], c, **detail)
+        self.emit(message["kind"], c, at=message.get("time"), **detail)
 
     def on_status_closed(self, c: Container, process: Process) -> None:
         if process.error is None:

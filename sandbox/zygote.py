@@ -31,6 +31,7 @@ import socket
 import struct
 import sys
 import termios
+import time
 
 from sandbox import linux
 from sandbox.linux import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS,
@@ -92,7 +93,8 @@ class StatusPipe:
         self.fd = fd
 
     def step(self, kind: str, **detail) -> None:
-        line = json.dumps({"kind": kind, "detail": detail}, default=str).encode() + b"\n"
+        line = json.dumps({"kind": kind, "time": time.time(), "detail": detail},
+                          default=str).encode() + b"\n"
         try:
             os.write(self.fd, line)  # < PIPE_BUF, so atomic among several writers
         except OSError:
