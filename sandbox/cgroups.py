@@ -63,7 +63,8 @@ def check_name(name: str, what: str = "cgroup name") -> str:
     # Names become path components; refuse anything that could walk elsewhere
     # or shadow a cgroup interface file.
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("cgroup."):
-        raise ValueError(f"{what} {name!r} must be letters, digits, '_', '.', '-' and not start with '.'")
+        raise ValueError(f"{what} {name!r}: use letters, digits, '_', '.' and '-', "
+                         "starting with a letter, digit or '_' (and not 'cgroup.')")
     return name
 
 
@@ -115,10 +116,10 @@ def parse_keyed(text: str) -> dict[str, int]:
 
 def parse_limit(text: str) -> int | None:
     """A limit file's value, None when unlimited ("max", or v1's page-rounded LONG_MAX)."""
-    text = text.split()[0] if text.split() else ""
-    if text in ("", "max", "-1"):
+    words = text.split()
+    if not words or words[0] in ("max", "-1"):
         return None
-    value = int(text)
+    value = int(words[0])
     return None if value >= 2**63 - 1 - os.sysconf("SC_PAGE_SIZE") else value
 
 

@@ -529,10 +529,12 @@ def run_process(spec: dict, fds: dict, status: StatusPipe, bpf: bytes,
         os.makedirs(cwd, 0o755, exist_ok=True)
         os.chdir(cwd)
     uid, gid, groups = resolve_user(spec.get("user") or "0")
+    # Lock down while still root: dropping from the bounding set needs
+    # CAP_SETPCAP, which a switch to another uid takes away.
+    detail = lockdown.lock_down(bpf)
     os.setgroups(groups)
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
-    detail = lockdown.lock_down(bpf)
     detail.update(uid=uid, gid=gid)
     status.step("lockdown.applied", **detail)
     argv = spec["argv"]
