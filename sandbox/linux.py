@@ -169,12 +169,12 @@ def close_range_cloexec(first: int = 3) -> None:
 
 
 def namespace_inodes(pid: int | str = "self", names=("user", "mnt", "uts", "ipc", "net",
-                                                     "pid_for_children", "cgroup")) -> dict:
+                                                     "pid", "cgroup")) -> dict:
     """The inode numbers that identify a process's namespaces (as ``lsns`` shows)."""
     out = {}
     for name in names:
         try:
-            out[name.replace("_for_children", "")] = os.stat(f"/proc/{pid}/ns/{name}").st_ino
+            out[name] = os.stat(f"/proc/{pid}/ns/{name}").st_ino
         except OSError:
             pass
     return out

@@ -482,7 +482,11 @@ class Runtime:
                     name, fd = key.data, key.fd
                     if name == "oom":
                         os.read(fd, 64 * 1024)
-                        self.check_oom(c)
+                        # The notification comes a fraction of a millisecond
+                        # before the kernel counts the kill.
+                        deadline = time.monotonic() + 0.05
+                        while not self.check_oom(c) and time.monotonic() < deadline:
+                            time.sleep(0.002)
                         continue
                     try:
                         data = os.read(fd, 65536)

@@ -316,9 +316,6 @@ def run_helper(spec: dict, fds: dict, sync_w: int, go_r: int, bpf: bytes) -> Non
         become_root()
         linux.prctl(linux.PR_SET_DUMPABLE, 1)
         linux.unshare(CONTAINER_NAMESPACES)
-        status.step("ns.unshared", flags=["CLONE_NEW" + n.upper() for n in
-                                          ("ns", "uts", "ipc", "net", "pid", "cgroup")],
-                    inodes=linux.namespace_inodes("self"))
         pid = os.fork()
         if pid == 0:
             os.close(sync_w)
@@ -354,6 +351,11 @@ def run_init(spec: dict, fds: dict, status: StatusPipe, bpf: bytes) -> None:
     """PID 1 of the container: the runtime's in-namespace steps, then execve."""
     step = "init"
     try:
+        # Reported from here: the new PID namespace exists once it has PID 1.
+        status.step("ns.unshared", flags=["CLONE_NEW" + n.upper() for n in
+                                          ("ns", "uts", "ipc", "net", "pid", "cgroup")],
+                    inodes=linux.namespace_inodes("self"), pid_in_namespace=1,
+                    host_pid=os.getpid())
         step = "mount.private"
         make_mounts_private(status)
         step = "rootfs.bind"
