@@ -138,9 +138,19 @@ def command_run(args) -> int:
 
     terminal = Terminal() if args.tty and sys.stdin.isatty() else None
     try:
-        container = engine.create(config)
-        if terminal:
-            terminal.enter()
+        return run_attached(engine, config, args, relay, terminal)
+    except (EngineError, ContainerError) as exc:
+        print(f"glassbox: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 125)
+    finally:
+        engine.close()
+
+
+def run_attached(engine, config, args, relay, terminal) -> int:
+    container = engine.create(config)
+    if terminal:
+        terminal.enter()
+    try:
         process = engine.start(container, relay)
         if config.open_stdin:
             forward_stdin(process, raw=bool(terminal))
@@ -150,10 +160,6 @@ def command_run(args) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda s, _f: process.signal(s))
         status = engine.wait(container)
-    except (EngineError, ContainerError) as exc:
-        print(f"glassbox: {exc}", file=sys.stderr)
-        engine.close()
-        return getattr(exc, "exit_code", 125)
     finally:
         if terminal:
             terminal.leave()
@@ -165,7 +171,6 @@ def command_run(args) -> int:
     elif status.timed_out:
         print(f"glassbox: the container was killed after its {args.timeout} s time limit",
               file=sys.stderr)
-    engine.close()
     return status.code
 
 

@@ -77,7 +77,8 @@ def web_identity() -> tuple[int, int] | None:
 def start_web(socket: Path, address: tuple[str, int], identity) -> subprocess.Popen:
     host, port = address
     command = [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "100",
-               "-b", f"{host}:{port}", "--access-logfile", "-", "app.wsgi:application"]
+               "-b", f"{host}:{port}", "--no-control-socket", "--access-logfile", "-",
+               "app.wsgi:application"]
     if identity:
         command[3:3] = ["--user", str(identity[0]), "--group", str(identity[1])]
     else:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sandbox import cgroups, linux
 from sandbox.events import EventBus
-from sandbox.images import ImageStore
+from sandbox.images import ImageError, ImageStore
 from sandbox.runtime import (Container, ContainerConfig, ContainerError, ExitStatus,
                              OutputListener, Process, Runtime)
 
@@ -141,7 +141,10 @@ class Engine:
     # ------------------------------------------------------------------ containers
 
     def create(self, config: ContainerConfig) -> Container:
-        image = self.images.get(config.image)
+        try:
+            image = self.images.get(config.image)
+        except ImageError as exc:
+            raise NotFound(str(exc)) from None
         validate_config(config)
         with self._lock:
             if config.name:
