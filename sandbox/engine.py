@@ -76,6 +76,12 @@ def enter_private_mount_namespace() -> bool:
     return True
 
 
+def cgroup_root_name(state_dir: Path) -> str:
+    """The parent cgroup of one state dir's containers (unique per state dir)."""
+    tag = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:10]
+    return f"glassbox-{tag}"
+
+
 class Engine:
     def __init__(self, state_dir: str | os.PathLike | None = None, host: str = "",
                  uid_base: int = 100000, sample_interval: float = 0.5):
@@ -97,8 +103,7 @@ class Engine:
         self.bus = EventBus()
         self.images = ImageStore(self.state_dir)
         self.images.ensure_base_images()
-        tag = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:10]
-        self.cgroup_root = f"glassbox-{tag}"
+        self.cgroup_root = cgroup_root_name(self.state_dir)
         self.cgroups = cgroups.detect(self.cgroup_root)
         self.containers_dir = self.state_dir / "containers"
         self.containers_dir.mkdir(exist_ok=True)

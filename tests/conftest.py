@@ -27,23 +27,24 @@ def glassbox_mounts() -> list[str]:
                       if "glassbox" in line or " overlay " in line or "/state/" in line)
 
 
-def glassbox_cgroups() -> list[str]:
+def glassbox_cgroups(state_dir: Path) -> list[str]:
+    """cgroups of engines on this state dir (or its ``state`` subdir) only:
+    other engines on the machine are none of this test's business."""
+    from sandbox.engine import cgroup_root_name
+    names = {cgroup_root_name(state_dir), cgroup_root_name(state_dir / "state")}
     found = []
     for controller in Path("/sys/fs/cgroup").iterdir():
-        try:
-            found += [str(p) for p in controller.iterdir() if "glassbox" in p.name]
-        except OSError:
-            pass
+        found += [str(controller / n) for n in names if (controller / n).exists()]
     return sorted(found)
 
 
 @pytest.fixture
-def host_unchanged():
+def host_unchanged(state_dir):
     """Fails the test if it leaves a mount or a cgroup behind."""
-    mounts, groups = glassbox_mounts(), glassbox_cgroups()
+    mounts, groups = glassbox_mounts(), glassbox_cgroups(state_dir)
     yield
     assert glassbox_mounts() == mounts, "mounts left behind"
-    assert glassbox_cgroups() == groups, "cgroups left behind"
+    assert glassbox_cgroups(state_dir) == groups, "cgroups left behind"
 
 
 @pytest.fixture

@@ -140,13 +140,14 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def cgroups_named(root_part: str) -> list[str]:
-    found = []
+def container_cgroups(state: Path) -> set[str]:
+    """Names of the container cgroups under this state dir's engine, in any controller."""
+    from sandbox.engine import cgroup_root_name
+    root = cgroup_root_name(state)
+    found = set()
     for controller in Path("/sys/fs/cgroup").iterdir():
-        try:
-            found += [str(p) for p in controller.iterdir() if root_part in p.name]
-        except OSError:
-            pass
+        if (controller / root).is_dir():
+            found |= {p.name for p in (controller / root).iterdir() if p.is_dir()}
     return found
 
 
@@ -189,8 +190,7 @@ def test_a_daemon_killed_mid_run_leaves_nothing_after_restart(state_dir, host_un
         _, inspected = api(sock, "GET", f"/containers/{created['Id']}/json")
         pid = inspected["State"]["Pid"]
         assert pid > 0 and Path(f"/proc/{pid}").exists()
-        tag = [p for p in cgroups_named("glassbox-") if created["Id"] in os.listdir(p)]
-        assert tag, "the container's cgroup exists while it runs"
+        assert created["Id"] in container_cgroups(state), "its cgroup exists while it runs"
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(10)
         # The daemon's mounts were in its own mount namespace: gone with it.
@@ -201,16 +201,16 @@ def test_a_daemon_killed_mid_run_leaves_nothing_after_restart(state_dir, host_un
         while Path(f"/proc/{pid}").exists() and time.time() < deadline:
             time.sleep(0.05)
         assert not Path(f"/proc/{pid}").exists(), "the container's PID 1 survived"
-        assert all(created["Id"] not in os.listdir(p) for p in cgroups_named("glassbox-"))
+        assert created["Id"] not in container_cgroups(state)
         assert not (state / "containers" / created["Id"]).exists()
         _, listed = api(sock, "GET", "/containers/json?all=1")
         assert listed == []
     finally:
         stop(daemon)
-    assert not [p for p in cgroups_named("glassbox-") if os.listdir(p) and str(state) in p]
+    assert container_cgroups(state) == set()
 
 
-def test_up_serves_the_status_page_from_the_real_daemon(host_unchanged):
+def test_up_serves_the_status_page_from_the_real_daemon():
     # The web app may run as the unprivileged glassbox user: its state dir
     # must be reachable by it (not pytest's private tmp dirs).
     state_dir = Path(tempfile.mkdtemp(prefix="glassbox-up-"))
@@ -232,5 +232,6 @@ def test_up_serves_the_status_page_from_the_real_daemon(host_unchanged):
         assert "busybox:latest" in page and "cgroupfs" in page
     finally:
         stop(daemon)
+        assert container_cgroups(state_dir / "state") == set()
         import shutil
         shutil.rmtree(state_dir, ignore_errors=True)
