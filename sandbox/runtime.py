@@ -194,6 +194,7 @@ class Container:
         self.execs: dict[str, Process] = {}
         self.timed_out = False
         self.stopped = threading.Event()
+        self.release_lock = threading.Lock()
         self.pids_refusals_seen = 0
 
     @property
@@ -630,9 +631,10 @@ class Runtime:
                   signal=signal.Signals(sig).name if sig else None, oom_killed=status.oom_killed,
                   timed_out=status.timed_out, error=process.error, describe=status.describe(),
                   runtime_seconds=round(c.finished_at - (c.started_at or c.finished_at), 6))
-        self.release(c)
+        # Waiters learn the exit first; the clean-up follows (remove() waits for it).
         process.done.set()
         c.stopped.set()
+        self.release(c)
 
     def time_out(self, c: Container) -> None:
         if c.state != "running":
@@ -698,6 +700,10 @@ class Runtime:
 
     def release(self, c: Container) -> None:
         """Removes the cgroup and the rootfs mount (the writable layer stays until remove)."""
+        with c.release_lock:
+            self._release(c)
+
+    def _release(self, c: Container) -> None:
         if c.cgroup is not None:
             try:
                 c.cgroup.remove()
