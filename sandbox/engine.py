@@ -176,10 +176,11 @@ class Engine:
         try:
             process = self.runtime.start(c, on_output)
         except ContainerError as exc:
-            c.state = "exited"
-            c.status = ExitStatus(exc.exit_code, error=f"{exc.step}: {exc}")
-            c.finished_at = time.time()
-            c.stopped.set()
+            if c.status is None:  # it failed before there was a process to exit
+                c.state = "exited"
+                c.status = ExitStatus(exc.exit_code, error=f"{exc.step}: {exc}")
+                c.finished_at = time.time()
+                c.stopped.set()
             self._after_exit(c)
             raise
         c.stopped.clear()

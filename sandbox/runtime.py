@@ -146,6 +146,7 @@ class Process:
         self.status: ExitStatus | None = None
         self.error: str | None = None
         self.listeners: list[OutputListener] = []
+        self.started = threading.Event()   # execve succeeded, or failed (then ``error``)
         self.done = threading.Event()
         self._exit_raw: int | None = None
         self._pumped = False
@@ -281,7 +282,23 @@ class Runtime:
             timer = threading.Timer(c.config.timeout, self.time_out, (c,))
             timer.daemon = True
             timer.start()
+        self.await_exec(c, process)
         return process
+
+    def await_exec(self, c: Container, process: Process) -> None:
+        """Returns once the process runs its own program; raises if that failed.
+
+        Until then PID 1 is still building the container (mounts, pivot_root):
+        nothing may join it, and a failed execve must reach the caller.
+        """
+        if not process.started.wait(30):
+            self.kill_all(c)
+            raise ContainerError("the process did not start within 30 s", "process.exec")
+        if process.error:
+            process.done.wait(10)
+            code = process.status.code if process.status else 125
+            step, _, message = process.error.partition(": ")
+            raise ContainerError(message, step, code)
 
     def create_cgroup(self, c: Container) -> None:
         memory = None
@@ -557,6 +574,7 @@ class Runtime:
             self.emit("process.started", c, pid=process.pid, argv=process.argv,
                       exec=None if process.id == c.id else process.id,
                       pid_in_container=1 if process.id == c.id else None)
+        process.started.set()
 
     def _on_exit(self, ident: str, pid: int, status: int) -> None:
         self._mark(None, None, ident=ident, raw=status)
@@ -670,7 +688,8 @@ class Runtime:
     def exec(self, c: Container, argv: list[str], env: list[str] | None = None,
              tty: bool = False, workdir: str | None = None, user: str | None = None,
              stdin: bool = False, on_output: OutputListener | None = None) -> Process:
-        if c.state != "running" or c.process is None or c.process.pid is None:
+        if (c.state != "running" or c.process is None or not c.process.started.is_set()
+                or c.process.error or c.process.done.is_set()):
             raise ContainerError(f"container {c.name} is not running", "exec", 126)
         ident = f"{c.id[:12]}-exec-{os.urandom(4).hex()}"
         process = Process(ident, tty, list(argv))
@@ -694,6 +713,7 @@ class Runtime:
         finally:
             for fd in close_after:
                 os.close(fd)
+        self.await_exec(c, process)
         return process
 
     # ------------------------------------------------------------------ clean-up
