@@ -6,7 +6,6 @@ The mount namespace is made private first thing, before any thread exists
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal

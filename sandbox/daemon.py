@@ -5,7 +5,6 @@ user when it exists), which reaches the engine only through the socket.
 """
 from __future__ import annotations
 
-import grp
 import logging
 import os
 import pwd

@@ -197,6 +197,7 @@ class Container:
         self.stopped = threading.Event()
         self.release_lock = threading.Lock()
         self.pids_refusals_seen = 0
+        self.oom_kills_seen = 0
 
     @property
     def rw_dir(self) -> Path:
@@ -508,8 +509,8 @@ class Runtime:
                         continue
                     try:
                         data = os.read(fd, 65536)
-                    except OSError as exc:
-                        data = b"" if exc.errno == errno.EIO else b""  # EIO: PTY closed
+                    except OSError:
+                        data = b""  # EIO: every holder of the PTY's other side is gone
                     if not data:
                         selector.unregister(fd)
                         os.close(fd)
@@ -608,8 +609,8 @@ class Runtime:
             kills = c.cgroup.oom_kills()
         except OSError:
             return False
-        if kills > getattr(c, "_oom_reported", 0):
-            c._oom_reported = kills  # type: ignore[attr-defined]
+        if kills > c.oom_kills_seen:
+            c.oom_kills_seen = kills
             self.emit("oom.killed", c, oom_kills=kills, memory_limit=c.config.memory,
                       source=f"{self.cgroups.name} notification")
             return True

@@ -20,7 +20,6 @@ that is close-on-exec: its end of file means ``execve`` succeeded.
 """
 from __future__ import annotations
 
-import array
 import errno
 import fcntl
 import gc
