@@ -50,7 +50,10 @@ def test_run_events_are_json_lines_on_stderr(state_dir, host_unchanged):
     by_kind = {e["kind"]: e for e in events}
     created = by_kind["cgroup.created"]["detail"]
     assert created["pids"] == 20 and created["cpus"] == 0.5
-    assert any(path.endswith("pids.max") and value == "20" for path, value in created["written"].items())
+    written = {path.rsplit("/", 1)[1]: value for path, value in created["written"].items()}
+    assert written["pids.max"] == "20"
+    assert written.get("cpu.cfs_quota_us") == "50000" or written.get("cpu.max") == "50000 100000"
+    assert "memory.limit_in_bytes" in written or "memory.max" in written
     assert by_kind["process.exited"]["detail"]["exit_code"] == 0
     assert all(e["subject"].get("name") == "ev" for e in events if "container" in e["subject"])
 
