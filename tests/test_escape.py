@@ -116,7 +116,8 @@ def status_fields(text: str) -> dict[str, str]:
 
 def tree_digest(root: Path) -> dict[str, tuple]:
     """Every entry under root: type, mode, owner, size, and content hash or link target."""
-    out = {}
+    st = os.lstat(root)
+    out = {".": (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
@@ -185,9 +186,10 @@ def test_no_host_process_is_visible(esc_engine):
 def test_containers_cannot_see_or_signal_each_other(esc_engine):
     a = start(esc_engine, hostname="alpha")
     other_pid = a.process.pid  # A's PID 1 as the host numbers it
-    status, out = run(esc_engine, f"kill -9 {other_pid}; echo rc=$?; kill -9 -1; "
-                                  f"ls /proc | grep -c '^[0-9]'; hostname", hostname="beta")
-    assert "rc=1" in out and out.split()[-2:] == ["1", "beta"] or out.split()[-1] == "beta"
+    status, out = run(esc_engine, f"kill -9 {other_pid}; echo rc=$?; n=0; "
+                                  f"for p in /proc/[0-9]*; do n=$((n+1)); done; echo procs=$n; hostname",
+                      hostname="beta")
+    assert out.splitlines()[-3:] == ["rc=1", "procs=1", "beta"], out
     assert a.state == "running"
     status, out = exec_in(esc_engine, a, ["hostname"])
     assert out == "alpha\n"
@@ -195,15 +197,17 @@ def test_containers_cannot_see_or_signal_each_other(esc_engine):
 
 
 def test_only_stdin_stdout_stderr_cross_into_the_container(esc_engine):
-    # PID 1's own fds, and ls's (which adds the directory it is reading, fd 3).
-    status, out = run(esc_engine, "ls /proc/1/fd | tr '\\n' ' '; echo; ls /proc/self/fd | tr '\\n' ' '")
-    assert status.code == 0
-    first, second = out.splitlines()
-    assert first.split() == ["0", "1", "2"]
-    assert second.split() == ["0", "1", "2", "3"]
-    c = start(esc_engine)
-    status, out = exec_in(esc_engine, c, ["sh", "-c", "ls /proc/$$/fd | tr '\\n' ' '"])
-    assert out.split() == ["0", "1", "2"]
+    # PID 1 is not a shell here (a shell opens fds of its own for pipes and redirections).
+    c = start(esc_engine, ["sleep", "60"])
+    status, out = exec_in(esc_engine, c, ["ls", "-l", "/proc/1/fd"])
+    fds = {line.split()[-3]: line.split()[-1] for line in out.splitlines() if "->" in line}
+    assert sorted(fds) == ["0", "1", "2"], out
+    assert all(target.startswith("pipe:") for target in fds.values()), out
+    # An exec'd process: its stdio, plus the directory ls itself is reading (3).
+    status, out = exec_in(esc_engine, c, ["ls", "/proc/self/fd"])
+    assert out.split() == ["0", "1", "2", "3"]
+    status, out = run(esc_engine, ["ls", "/proc/self/fd"])
+    assert out.split() == ["0", "1", "2", "3"]
 
 
 def test_dev_holds_only_the_minimal_device_set(esc_engine):
@@ -250,8 +254,9 @@ def test_a_non_root_user_has_no_capabilities(esc_engine):
     "unshare -m true",
     "nsenter -t 1 -m true",
     "echo 3 > /proc/sys/vm/drop_caches",
-    "echo 1 > /proc/sys/kernel/panic_on_oops",
-    "echo x > /sys/kernel/uevent_helper",
+    # Same-value write-backs: harmless even if one got through.
+    "cat /proc/sys/kernel/panic_on_oops > /proc/sys/kernel/panic_on_oops",
+    "touch /sys/escape",
     "hostname evil",
     "mknod /tmp/sda b 8 0",
     "dmesg",
@@ -296,8 +301,9 @@ def test_exec_right_after_start_never_sees_the_host(esc_engine, host_marker, hos
         unsubscribe()
     assert secret not in out and status.code == 1
     order = [(e.kind, e.detail.get("exec")) for e in seen]
-    assert order.index(("ns.entered", order[[k for k, _ in order].index("ns.entered")][1])) > \
-        order.index(("process.started", None))
+    pid_1_started = order.index(("process.started", None))
+    exec_entered = next(i for i, (kind, _) in enumerate(order) if kind == "ns.entered")
+    assert pid_1_started < exec_entered, order
     esc_engine.remove(c, force=True)
 
 
@@ -429,7 +435,7 @@ def test_an_oversized_command_does_not_take_the_engine_down(esc_engine):
 @pytest.mark.xfail(strict=True, reason="review finding M1: the container's output is logged to the "
                                        "host disk without a cap (~250 MB/s with `yes`)")
 def test_container_output_cannot_fill_the_host_disk(esc_engine):
-    c = esc_engine.create(ContainerConfig("busybox", ["sh", "-c", "head -c 80000000 /dev/zero"],
+    c = esc_engine.create(ContainerConfig("busybox", ["sh", "-c", "head -c 80000000 /dev/zero | tr '\\0' a"],
                                           timeout=60))
     esc_engine.start(c)
     esc_engine.wait(c, 60)
