@@ -7,6 +7,7 @@ dir left behind if it was killed (processes, cgroups, mounts, directories).
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -84,7 +85,8 @@ def cgroup_root_name(state_dir: Path) -> str:
 
 class Engine:
     def __init__(self, state_dir: str | os.PathLike | None = None, host: str = "",
-                 uid_base: int = 100000, sample_interval: float = 0.5):
+                 uid_base: int = 100000, sample_interval: float = 0.5,
+                 policy: Policy | None = None):
         if os.geteuid() != 0:
             raise EngineError("the Glassbox engine must run as root (it creates namespaces, "
                               "cgroups and mounts)", 500)
@@ -100,6 +102,7 @@ class Engine:
             raise EngineError(f"another Glassbox engine is using {self.state_dir}; stop it "
                               "or choose another --state-dir", 409) from None
         self.host = host
+        self.policy = policy or Policy()
         self.bus = EventBus()
         self.images = ImageStore(self.state_dir)
         self.images.ensure_base_images()
@@ -150,7 +153,7 @@ class Engine:
             image = self.images.get(config.image)
         except ImageError as exc:
             raise NotFound(str(exc)) from None
-        validate_config(config)
+        validate_config(config, self.policy)
         with self._lock:
             if config.name:
                 if any(c.name == config.name for c in self.containers.values()):
@@ -242,6 +245,10 @@ class Engine:
 
     def exec(self, ref: str | Container, argv: list[str], **options) -> Process:
         c = self.get(ref)
+        if not argv or not argv[0]:
+            raise EngineError("exec needs a command")
+        validate_command(ContainerConfig(c.config.image, list(argv), env=list(options.get("env") or [])),
+                         self.policy)
         return self.runtime.exec(c, argv, **options)
 
     def get(self, ref: str | Container, include_removed: bool = False) -> Container:
@@ -339,24 +346,65 @@ class Engine:
         self.close()
 
 
-def validate_config(config: ContainerConfig) -> None:
+@dataclasses.dataclass
+class Policy:
+    """What one container may ask for. Students are untrusted: these caps hold
+    whatever a request says (the API and the CLI both go through them)."""
+    max_memory: int = 2 * 1024**3
+    max_pids: int = 4096
+    max_writable: int = 2 * 1024**3
+    max_timeout: float | None = None     # None: no cap on the wall-clock limit
+    min_cpus: float = 0.1                # below this the shared zygote waits on a starved helper
+    max_mounts: int = 32
+    max_command_bytes: int = 128 * 1024  # argv + env
+
+
+FORBIDDEN_TARGETS = ("/proc", "/sys", "/dev")
+
+
+def validate_config(config: ContainerConfig, policy: Policy = Policy()) -> None:
     if config.name is not None and not NAME_PATTERN.match(config.name):
         raise EngineError(f"invalid container name {config.name!r}: use letters, digits, "
                           "'_', '.', '-' (up to 128), starting with a letter or digit")
     if config.hostname is not None and not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9.-]{0,62}$", config.hostname):
         raise EngineError(f"invalid hostname {config.hostname!r}")
-    if config.memory is not None and config.memory < 4 * 1024 * 1024:
-        raise EngineError("memory limit too low: at least 4 MiB (e.g. -m 64m)")
-    if config.pids_limit is not None and config.pids_limit < 1:
-        raise EngineError("the pids limit must be at least 1")
-    if config.cpus is not None and not (0.01 <= config.cpus <= os.cpu_count()):
-        raise EngineError(f"--cpus must be between 0.01 and {os.cpu_count()} on this machine")
-    if config.writable_size < 1024 * 1024:
-        raise EngineError("the writable layer must be at least 1 MiB")
+    if config.memory is not None and not 4 * 1024**2 <= config.memory <= policy.max_memory:
+        raise EngineError(f"memory limit must be between 4 MiB and {policy.max_memory // 1024**2} MiB "
+                          "(e.g. -m 64m)")
+    if config.pids_limit is not None and not 1 <= config.pids_limit <= policy.max_pids:
+        raise EngineError(f"the pids limit must be between 1 and {policy.max_pids}")
+    if config.cpus is not None and not (policy.min_cpus <= config.cpus <= os.cpu_count()):
+        raise EngineError(f"--cpus must be between {policy.min_cpus} and {os.cpu_count()} on this machine")
+    if not 1024**2 <= config.writable_size <= policy.max_writable:
+        raise EngineError(f"the writable layer must be between 1 MiB and {policy.max_writable // 1024**2} MiB")
     if config.timeout is not None and config.timeout <= 0:
         raise EngineError("the timeout must be a positive number of seconds")
+    if policy.max_timeout and (config.timeout is None or config.timeout > policy.max_timeout):
+        config.timeout = min(config.timeout or policy.max_timeout, policy.max_timeout)
+    validate_command(config, policy)
+    if len(config.mounts) > policy.max_mounts:
+        raise EngineError(f"too many volumes ({len(config.mounts)}; at most {policy.max_mounts})")
     for m in config.mounts:
         if not Path(m.source).is_dir():
             raise EngineError(f"volume source {m.source} is not a directory on the host")
+        target = os.path.normpath("/" + m.target.strip("/")) if m.target.strip("/") else "/"
         if ".." in m.target.split("/"):
             raise EngineError(f"volume target {m.target} may not contain '..'")
+        if target == "/" or any(target == t or target.startswith(t + "/") for t in FORBIDDEN_TARGETS):
+            raise EngineError(f"volume target {m.target}: a volume can't go on /, /proc, /sys or /dev")
+
+
+def validate_command(config: ContainerConfig, policy: Policy) -> None:
+    words = list(config.cmd or []) + list(config.entrypoint or []) + list(config.env)
+    if any(not isinstance(w, str) or "\0" in w for w in words):
+        raise EngineError("command, entrypoint and environment must be strings without NUL bytes")
+    if config.cmd is not None and config.entrypoint is None and config.cmd and config.cmd[0] == "":
+        raise EngineError("the command's first word is empty")
+    for item in config.env:
+        key = item.partition("=")[0]
+        if not key or not re.match(r"^[^=\s]+$", key):
+            raise EngineError(f"invalid environment variable {item!r}: expected NAME=value")
+    size = sum(len(w.encode()) + 1 for w in words)
+    if size > policy.max_command_bytes:
+        raise EngineError(f"command and environment too long ({size} bytes; at most "
+                          f"{policy.max_command_bytes})")

@@ -77,6 +77,8 @@ DENIED_SYSCALLS: dict[str, int] = {
         "lookup_dcookie",
         # Docker has refused io_uring since 25.0: it bypasses seccomp entirely.
         "io_uring_setup", "io_uring_enter", "io_uring_register",
+        # Reaching into another process: Docker allows them only with CAP_SYS_PTRACE.
+        "kcmp", "pidfd_getfd", "process_madvise",
     )},
     # clone3 passes its flags in a struct seccomp can't read; ENOSYS makes libc
     # fall back to clone, whose flags the filter below can check.
@@ -91,7 +93,10 @@ CLONE_NAMESPACE_FLAGS: dict[str, int] = {
     "CLONE_NEWNET": linux.CLONE_NEWNET,
 }
 
-SECCOMP_RULES: int = len(DENIED_SYSCALLS) + len(CLONE_NAMESPACE_FLAGS)
+# vsock ignores network namespaces: on a VM it reaches the hypervisor.
+AF_VSOCK = 40
+
+SECCOMP_RULES: int = len(DENIED_SYSCALLS) + len(CLONE_NAMESPACE_FLAGS) + 1
 _SOCK_FILTER_SIZE = 8  # struct sock_filter { u16 code; u8 jt; u8 jf; u32 k; }
 
 
@@ -107,6 +112,7 @@ def build_seccomp_filter() -> bytes:
     for flag in CLONE_NAMESPACE_FLAGS.values():
         flt.add_rule(pyseccomp.ERRNO(errno.EPERM), "clone",
                      pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag))
+    flt.add_rule(pyseccomp.ERRNO(errno.EPERM), "socket", pyseccomp.Arg(0, pyseccomp.EQ, AF_VSOCK))
     # An anonymous memory file: no name on disk, gone when closed, and unlike a
     # pipe it can't fill up and block the export.
     fd = os.memfd_create("glassbox-seccomp", os.MFD_CLOEXEC)

@@ -20,7 +20,6 @@ Steps 3–9 run in the zygote's children and report over the status pipe.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import fcntl
 import json
 import logging
@@ -198,6 +197,7 @@ class Container:
         self.release_lock = threading.Lock()
         self.pids_refusals_seen = 0
         self.oom_kills_seen = 0
+        self.root_id: list[int] | None = None
 
     @property
     def rw_dir(self) -> Path:
@@ -234,12 +234,14 @@ class Runtime:
     """Starts, watches and cleans up containers for one engine."""
 
     def __init__(self, state_dir: Path, bus: EventBus, cgroups: CgroupDriver,
-                 uid_base: int = 100000, uid_count: int = 65536, host: str = ""):
+                 uid_base: int = 100000, uid_count: int = 65536, host: str = "",
+                 log_limit: int = 16 * MiB):
         self.state_dir = state_dir
         self.bus = bus
         self.cgroups = cgroups
         self.host = host
         self.uid_base = uid_base
+        self.log_limit = log_limit
         self.id_map = f"0 {uid_base} {uid_count}"
         self.zygote = ZygoteClient(self._on_exit)
         bpf = lockdown.build_seccomp_filter()
@@ -337,6 +339,8 @@ class Runtime:
                                 "for one overlay mount's options", "mount.overlay")
         c.rootfs.mkdir(exist_ok=True)
         linux.mount("overlay", c.rootfs, "overlay", 0, options)
+        root = os.stat(c.rootfs)
+        c.root_id = [root.st_dev, root.st_ino]  # what an exec must find as "/"
         self.emit("mount.overlay", c, target=str(c.rootfs), lowerdir=[str(p) for p in layers],
                   layers=[str(p) for p in c.image.layers], upperdir=str(c.rw_dir / "upper"),
                   workdir=str(c.rw_dir / "work"), idmapped=bool(c.image.layers))
@@ -362,41 +366,40 @@ class Runtime:
             self._idmapped[layer] = target
             return target
 
-    def prepare_volume(self, mount: Mount) -> tuple[int, bool]:
+    def prepare_volume(self, mount: Mount) -> int:
         """A detached mount of a host directory for PID 1 to attach.
 
         The host directory is opened here, as host root, so the container's root
-        never needs to traverse host paths. Files owned by host root show as root
-        inside when the filesystem supports idmapped mounts.
+        never needs to traverse host paths. It is *not* idmapped: on disk, what
+        container root writes belongs to the mapped uid (as with Docker's
+        userns-remap), and files of host root show as ``nobody`` inside. Idmapping
+        it would make container root host root on those files — setuid bits included.
         """
         source = Path(mount.source)
         if not source.is_dir():
             raise ContainerError(f"volume source {mount.source} is not a directory on the host",
-                                "volume.mounted")
+                                 "volume.mounted")
         fd = linux.open_tree(source, linux.OPEN_TREE_CLONE | linux.OPEN_TREE_CLOEXEC | linux.AT_RECURSIVE)
         attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
         if mount.readonly:
             attrs |= linux.MOUNT_ATTR_RDONLY
         try:
-            linux.mount_setattr(fd, attrs | linux.MOUNT_ATTR_IDMAP, self.userns_fd)
-            return fd, True
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
-                os.close(fd)
-                raise
-        linux.mount_setattr(fd, attrs)
-        return fd, False
+            linux.mount_setattr(fd, attrs)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
 
     def spawn_helper(self, c: Container, process: Process) -> None:
         fds, keep, close_after = self.stdio_fds(process)
         mounts = []
         try:
             for i, m in enumerate(c.config.mounts):
-                fd, idmapped = self.prepare_volume(m)
+                fd = self.prepare_volume(m)
                 close_after.append(fd)
                 fds[f"volume{i}"] = fd
                 mounts.append({"source": m.source, "target": m.target, "readonly": m.readonly,
-                               "fd": f"volume{i}", "idmapped": idmapped})
+                               "fd": f"volume{i}"})
             image_config = c.image.config.get("config", {})
             spec = {
                 "cgroup_procs": c.cgroup.procs_files(),
@@ -494,6 +497,7 @@ class Runtime:
                 log.warning("no OOM notification for %s: %s", c.id, exc)
         buffers = {"status": b""}
         log_file = open(c.log_path, "ab") if process.id == c.id else None
+        logged = 0
         open_streams = len([n for n in fds if n != "console"])
         try:
             while open_streams:
@@ -530,10 +534,14 @@ class Runtime:
                             self.on_status_line(c, process, line)
                         continue
                     stream = "stdout" if name == "console" else name
-                    if log_file:
+                    if log_file and logged < self.log_limit:
                         log_file.write(json.dumps({"stream": stream, "time": time.time(),
                                                    "log": data.decode("utf-8", "replace")}).encode() + b"\n")
                         log_file.flush()
+                        logged += len(data)
+                        if logged >= self.log_limit:
+                            # Output still streams live; the disk copy stops here.
+                            self.emit("log.truncated", c, limit_bytes=self.log_limit)
                     for listener in list(process.listeners):
                         try:
                             listener(stream, data)
@@ -702,6 +710,7 @@ class Runtime:
         spec = {
             "cgroup_procs": c.cgroup.procs_files(),
             "target_pid": c.process.pid,
+            "root_id": c.root_id,
             "argv": list(argv),
             "env": merge_env(c.env, env or []),
             "cwd": workdir or c.config.workdir or image_config.get("WorkingDir") or "/",

@@ -39,7 +39,8 @@ from sandbox.linux import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NE
                            MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT)
 from sandbox import lockdown
 
-MAX_MESSAGE = 1 << 16
+MAX_MESSAGE = 1 << 18
+MAX_FDS = 64
 CONTAINER_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWCGROUP
 UNSHARED_NAMES = ["mnt", "uts", "ipc", "net", "pid", "cgroup"]
 
@@ -69,8 +70,15 @@ class StepError(Exception):
 
 # --------------------------------------------------------------------------- messages
 
+class ProtocolError(ValueError):
+    """A message that can't cross the zygote's socket."""
+
+
 def send_message(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
     data = json.dumps(message).encode()
+    if len(data) > MAX_MESSAGE or len(fds) > MAX_FDS:
+        raise ProtocolError(f"request too large for the zygote ({len(data)} bytes, {len(fds)} fds; "
+                            f"limits {MAX_MESSAGE} and {MAX_FDS})")
     if fds:
         socket.send_fds(sock, [data], list(fds))
     else:
@@ -78,10 +86,12 @@ def send_message(sock: socket.socket, message: dict, fds: list[int] = ()) -> Non
 
 
 def receive_message(sock: socket.socket) -> tuple[dict | None, list[int]]:
-    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 64)
-    if not data:
+    data, fds, flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    if not data or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
         for fd in fds:
             os.close(fd)
+        if data:
+            raise ProtocolError("a truncated message arrived")
         return None, []
     return json.loads(data), fds
 
@@ -135,7 +145,11 @@ class Zygote:
                     pass
                 self.reap()
             if self.sock in ready:
-                message, fds = receive_message(self.sock)
+                try:
+                    message, fds = receive_message(self.sock)
+                except (ProtocolError, ValueError) as exc:
+                    print(f"glassbox zygote: dropped a request: {exc}", file=sys.stderr)
+                    continue
                 if message is None:
                     self.shut_down()
                     return
@@ -379,6 +393,7 @@ def run_init(spec: dict, fds: dict, status: StatusPipe, bpf: bytes) -> None:
         pivot_into_rootfs(status)
         step = "net.loopback"
         bring_up_loopback(status)
+        step = "process"
         run_process(spec, fds, status, bpf, pid_namespace_init=True)
     except BaseException as exc:
         status.fail(getattr(exc, "step", step), str(exc))
@@ -474,7 +489,7 @@ def mount_volumes(mounts: list[dict], fds: dict, status: StatusPipe) -> None:
         target = safe_dir(m["target"])
         linux.move_mount(fds[m["fd"]], target)
         status.step("volume.mounted", source=m["source"], target=m["target"],
-                    readonly=m["readonly"], idmapped=m.get("idmapped", False))
+                    readonly=m["readonly"])
 
 
 def mask_paths(status: StatusPipe) -> None:
@@ -545,6 +560,7 @@ def run_process(spec: dict, fds: dict, status: StatusPipe, bpf: bytes,
     status.step("lockdown.applied", **detail)
     argv = spec["argv"]
     env = dict(item.split("=", 1) for item in spec.get("env", []) if "=" in item)
+    reset_signals()
     try:
         if "/" in argv[0]:
             os.execve(argv[0], argv, env)
@@ -553,6 +569,22 @@ def run_process(spec: dict, fds: dict, status: StatusPipe, bpf: bytes,
     except OSError as exc:
         code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
         raise StepError("process.exec", f"exec {argv[0]}: {exc.strerror}", code) from None
+
+
+def reset_signals() -> None:
+    """The program starts with default dispositions and nothing blocked.
+
+    Python ignores SIGPIPE and SIGXFSZ; inherited, that would make
+    ``yes | head`` spin forever on EPIPE instead of dying as it should.
+    """
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # 32 and 33 belong to libc's threads
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def setup_stdio(spec: dict, fds: dict) -> None:
@@ -610,15 +642,28 @@ def resolve_user(user: str) -> tuple[int, int, list[int]]:
             if not found:
                 raise StepError("user", f"unable to find group {group}: no matching entries in group file", 126)
             gid = found[0]
-    return uid, gid if gid is not None else 0, groups
+    gid = gid if gid is not None else 0
+    for what, value in (("uid", uid), ("gid", gid)):
+        if not 0 <= value < 65536:
+            raise StepError("user", f"{what} {value} is outside the container's range 0-65535", 126)
+    return uid, gid, groups
 
 
-def read_db(path: str) -> list[list[str]]:
+def read_db(path: str, limit: int = 1 << 20) -> list[list[str]]:
+    """The image's passwd or group file, if it is a regular file (not a FIFO,
+    not /dev/zero), read up to ``limit`` bytes."""
     try:
-        with open(path) as f:
-            return [line.rstrip("\n").split(":") for line in f if line.count(":") >= 3]
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return []
+    try:
+        if not (os.fstat(fd).st_mode & 0o170000 == 0o100000):
+            return []
+        data = os.read(fd, limit)
+    finally:
+        os.close(fd)
+    return [line.split(":") for line in data.decode("utf-8", "replace").splitlines()
+            if line.count(":") >= 3]
 
 
 # --------------------------------------------------------------------------- exec
@@ -639,6 +684,10 @@ def run_exec_helper(spec: dict, fds: dict, sync_w: int, bpf: bytes) -> None:
         linux.prctl(linux.PR_SET_DUMPABLE, 1)
         for name in ("mnt", "pid", "uts", "ipc", "net", "cgroup"):
             linux.setns(ns_fds.pop(name), linux.NAMESPACE_FLAGS[name])
+        # Defence in depth: "/" must now be the container's root, never the host's.
+        root = os.stat("/")
+        if [root.st_dev, root.st_ino] != spec["root_id"]:
+            raise StepError("exec", "the container's root filesystem is not in place")
         status.step("ns.entered", target_pid=target, inodes=linux.namespace_inodes("self"))
         pid = os.fork()  # setns to a PID namespace applies to children only
         if pid == 0:
@@ -660,9 +709,8 @@ def run_exec_helper(spec: dict, fds: dict, sync_w: int, bpf: bytes) -> None:
 def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
-    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != int(sys.argv[2]):
-        sys.exit(0)  # the daemon died before we could notice
+    # No PDEATHSIG: when the daemon dies its end of the socket closes, and we
+    # take its containers down with us (see shut_down) instead of vanishing.
     Zygote(sock).serve()
 
 

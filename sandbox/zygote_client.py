@@ -10,7 +10,7 @@ import threading
 from concurrent.futures import Future
 from typing import Callable
 
-from sandbox.zygote import receive_message, send_message
+from sandbox.zygote import ProtocolError, receive_message, send_message
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,12 @@ class ZygoteClient:
             future: Future = Future()
             self._pending[ident] = future
             names = list((fds or {}).keys())
-            send_message(self.sock, {"op": op, "id": ident, "fds": names, **fields},
-                         [fds[n] for n in names])
+            try:
+                send_message(self.sock, {"op": op, "id": ident, "fds": names, **fields},
+                             [fds[n] for n in names])
+            except (ProtocolError, OSError) as exc:
+                self._pending.pop(ident, None)
+                raise ZygoteError(str(exc), op) from None
         try:
             reply, reply_fds = future.result(timeout)
         finally:

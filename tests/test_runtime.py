@@ -221,22 +221,26 @@ def test_tty_gives_a_pty_from_the_containers_devpts_and_resizes(engine):
     assert "33 101" in text
 
 
-def test_bind_mounts_rw_and_ro(run, state_dir):
+def test_bind_mounts_rw_and_ro_belong_to_the_mapped_ids(run, state_dir):
+    # As with Docker's userns-remap: the container's root is uid 100000 on the
+    # host, so a host directory it should write to belongs to that uid.
     shared = state_dir / "shared"
     shared.mkdir()
     (shared / "from-host").write_text("hi\n")
+    os.chown(shared, 100000, 100000)
     status, out, _ = run("cat /data/from-host; ls -ln /data/from-host; echo new > /data/from-container",
                          mounts=[Mount(str(shared), "/data")])
     assert status.code == 0
     lines = out.text().splitlines()
     assert lines[0] == "hi"
-    assert lines[1].split()[2:4] == ["0", "0"]
+    assert lines[1].split()[2:4] == ["65534", "65534"]  # host root's file: nobody inside
     written = shared / "from-container"
     assert written.read_text() == "new\n"
-    assert written.stat().st_uid == 0  # idmapped: container root writes as host root's files
-    status, out, _ = run("echo x > /data/nope 2>&1 || echo refused; cat /data/from-host",
+    assert (written.stat().st_uid, written.stat().st_gid) == (100000, 100000)
+    status, out, _ = run("echo x > /data/nope || echo refused; cat /data/from-host",
                          mounts=[Mount(str(shared), "/data", readonly=True)])
-    assert out.text().splitlines()[-2:] == ["refused", "hi"] or "Read-only" in out.text()
+    assert out.text("stdout").splitlines() == ["refused", "hi"]
+    assert "Read-only file system" in out.text("stderr")
     assert not (shared / "nope").exists()
 
 
