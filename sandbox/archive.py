@@ -28,6 +28,10 @@ from typing import BinaryIO, Iterable
 _CHUNK = 1 << 20
 
 
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
 class UnsafeArchiveError(ValueError):
     """A layer tar holds an entry that must not be unpacked."""
 
@@ -146,9 +150,10 @@ def _entry_parts(name: str, what: str) -> list[str]:
 class _Unpacker:
     """Writes entries under one directory fd; every lookup is one name at a time."""
 
-    def __init__(self, root_fd: int, as_root: bool):
+    def __init__(self, root_fd: int, as_root: bool, overlay_whiteouts: bool = False):
         self.root_fd = root_fd
         self.as_root = as_root
+        self.overlay_whiteouts = overlay_whiteouts
         self.dirs: list[tuple[list[str], int]] = []  # (parts, mtime), applied at the end
 
     def open_dir(self, parts: list[str], name: str, create: bool) -> int:
@@ -219,6 +224,12 @@ class _Unpacker:
 
         parent_fd = self.open_dir(parts[:-1], name, create=True)
         leaf = parts[-1]
+        if self.overlay_whiteouts and leaf.startswith(WHITEOUT) and member.isreg():
+            try:
+                self._whiteout(parent_fd, leaf)
+            finally:
+                os.close(parent_fd)
+            return
         try:
             kept_dir = self.clear(parent_fd, leaf, keep_dir=member.isdir())
             if member.isdir():
@@ -251,6 +262,19 @@ class _Unpacker:
                 self._link(name, link_parts, parent_fd, leaf)
         finally:
             os.close(parent_fd)
+
+    def _whiteout(self, parent_fd: int, leaf: str) -> None:
+        """An OCI whiteout as overlayfs spells it, so the layer works as a lower dir:
+        ``.wh..wh..opq`` -> the opaque xattr on the directory, ``.wh.NAME`` -> a 0/0
+        character device NAME (which hides NAME in the layers below)."""
+        if leaf == OPAQUE:
+            os.setxattr(parent_fd, "trusted.overlay.opaque", b"y")
+            return
+        hidden = leaf[len(WHITEOUT):]
+        if not hidden or hidden in (".", ".."):
+            raise UnsafeArchiveError(f"whiteout {leaf!r} names nothing")
+        self.clear(parent_fd, hidden, keep_dir=False)
+        os.mknod(hidden, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent_fd)
 
     @staticmethod
     def _check_symlink(name: str, parts: list[str], target: str) -> None:
@@ -302,7 +326,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def extract_layer(tar_path: str | os.PathLike, dest: Path) -> None:
+def extract_layer(tar_path: str | os.PathLike, dest: Path, overlay_whiteouts: bool = True) -> None:
     """Unpacks a layer tar (plain or compressed) into the new directory ``dest``.
 
     Raises UnsafeArchiveError, naming the entry, for absolute paths, ``..``,
@@ -311,8 +335,8 @@ def extract_layer(tar_path: str | os.PathLike, dest: Path) -> None:
     nothing is left behind; ``dest`` appears only complete.
 
     Owners (when running as root), modes including setuid, and mtimes are kept.
-    Whiteouts (``.wh.NAME``) come out as the plain files they are in the tar;
-    turning them into overlay whiteouts is the caller's business. Extended
+    Whiteouts (``.wh.NAME``, ``.wh..wh..opq``) become overlayfs whiteouts (a 0/0
+    character device, the opaque xattr) unless ``overlay_whiteouts`` is False. Extended
     attributes (PAX ``SCHILY.xattr.*``, e.g. file capabilities) are not applied.
     """
     dest = Path(dest)
@@ -323,7 +347,8 @@ def extract_layer(tar_path: str | os.PathLike, dest: Path) -> None:
         root_fd = os.open(tmp, _DIR_FLAGS)
         try:
             os.fchmod(root_fd, 0o755)
-            unpacker = _Unpacker(root_fd, as_root=os.geteuid() == 0)
+            unpacker = _Unpacker(root_fd, as_root=os.geteuid() == 0,
+                                 overlay_whiteouts=overlay_whiteouts)
             with tarfile.open(tar_path, mode="r|*") as tar:
                 for member in tar:
                     unpacker.add(tar, member)

@@ -22,7 +22,10 @@ from pathlib import Path
 
 from sandbox import cgroups, linux
 from sandbox.events import EventBus
-from sandbox.images import ImageError, ImageStore
+from sandbox.commit import write_upper_as_layer
+from sandbox.images import rfc3339 as images_rfc3339
+from sandbox.images import Conflict as ImageConflict
+from sandbox.images import Image, ImageError, ImageStore, check_reference
 from sandbox.runtime import (Container, ContainerConfig, ContainerError, ExitStatus,
                              OutputListener, Process, Runtime)
 
@@ -251,6 +254,60 @@ class Engine:
                          self.policy)
         return self.runtime.exec(c, argv, **options)
 
+    # ------------------------------------------------------------------ images
+
+    def commit(self, ref: str | Container, name: str | None = None, author: str = "",
+               message: str = "", changes: dict | None = None) -> Image:
+        """Container → image: its writable layer becomes a layer on its image's chain."""
+        c = self.get(ref)
+        upper = c.rw_dir / "upper"
+        if not upper.is_dir():
+            raise Conflict(f"container {c.name} has no writable layer to commit")
+        if name:
+            check_reference(name)
+        parent = c.image
+        with self.images.lock():  # gc must not take the half-written blob for garbage
+            with self.images.writing_layer() as (out, layer):
+                stats = write_upper_as_layer(upper, out, self.runtime.uid_base)
+        config = committed_config(parent.config, c, layer_diff_id=layer["digest"],
+                                  author=author, message=message, changes=changes or {})
+        image = self.images.put_image(config, list(parent.manifest["layers"]) + [layer], name)
+        self.bus.emit("layer.created", {"layer": layer["digest"]},
+                      {"from": "commit", "container": c.id, "size": layer["size"],
+                       **dataclasses.asdict(stats)}, host=self.host)
+        self.bus.emit("image.committed", {"image": image.id, "container": c.id},
+                      {"name": image.name, "parent": parent.id, "layer": layer["digest"],
+                       "layers": len(image.layers)}, host=self.host)
+        return image
+
+    def remove_image(self, ref: str, force: bool = False) -> dict:
+        """``docker rmi``: untag, then collect what nothing uses any more."""
+        def used_by(image_id: str) -> list[str]:
+            return [c.name for c in self.list() if c.image.id == image_id]
+        try:
+            result = self.images.remove(ref, force=force, used_by=used_by)
+        except ImageConflict as exc:
+            raise Conflict(str(exc)) from None
+        except ImageError as exc:
+            raise NotFound(str(exc)) from None
+        for name in result["untagged"]:
+            self.bus.emit("image.untagged", {"image": name}, {}, host=self.host)
+        result["collected"] = self.gc()
+        for image_id in result["deleted"]:
+            self.bus.emit("image.deleted", {"image": image_id}, {}, host=self.host)
+        return result
+
+    def gc(self) -> dict:
+        removed = self.images.gc({c.image.id for c in self.list()})
+        for chain in removed["layers"]:
+            self.runtime.forget_layer(self.images.layer_dir(chain))
+            self.bus.emit("layer.removed", {"layer": chain}, {}, host=self.host)
+        for digest in removed["blobs"]:
+            self.bus.emit("blob.removed", {"blob": digest}, {}, host=self.host)
+        return removed
+
+    # ------------------------------------------------------------------ lookup
+
     def get(self, ref: str | Container, include_removed: bool = False) -> Container:
         if isinstance(ref, Container):
             if ref.state == "removed" and not include_removed:
@@ -295,6 +352,7 @@ class Engine:
         if c.state == "removed" or not c.dir.exists():
             return
         record = {"id": c.id, "name": c.name, "image": c.image.name, "image_id": c.image.id,
+                  "manifest_digest": c.image.manifest_digest,
                   "argv": c.argv, "state": c.state, "created": c.created_at,
                   "started": c.started_at, "finished": c.finished_at,
                   "status": c.status.__dict__ if c.status else None}
@@ -408,3 +466,41 @@ def validate_command(config: ContainerConfig, policy: Policy) -> None:
     if size > policy.max_command_bytes:
         raise EngineError(f"command and environment too long ({size} bytes; at most "
                           f"{policy.max_command_bytes})")
+
+
+def committed_config(parent: dict, c: Container, layer_diff_id: str, author: str, message: str,
+                     changes: dict) -> dict:
+    """The new image's config: the container's own settings on top of its image's,
+    ``changes`` on top of those (CMD, ENV, … as ``docker commit --change`` sets them)."""
+    now = images_rfc3339(time.time())
+    run_config = dict(parent.get("config") or {})
+    if c.config.cmd:
+        run_config["Cmd"] = list(c.config.cmd)
+    if c.config.entrypoint is not None:
+        run_config["Entrypoint"] = list(c.config.entrypoint)
+    run_config["Env"] = list(c.env)
+    if c.config.workdir:
+        run_config["WorkingDir"] = c.config.workdir
+    if c.config.user:
+        run_config["User"] = c.config.user
+    allowed = {"Cmd", "Entrypoint", "Env", "WorkingDir", "User", "Labels", "ExposedPorts",
+               "Volumes", "StopSignal"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise EngineError(f"can't change {', '.join(sorted(unknown))} in a commit "
+                          f"(allowed: {', '.join(sorted(allowed))})")
+    run_config.update(changes)
+    history = list(parent.get("history") or [])
+    entry = {"created": now, "created_by": " ".join(c.argv)}
+    if author:
+        entry["author"] = author
+    if message:
+        entry["comment"] = message
+    history.append(entry)
+    config = {k: v for k, v in parent.items() if k not in ("config", "history", "rootfs", "container")}
+    config.update(created=now, config=run_config, history=history,
+                  rootfs={"type": "layers",
+                          "diff_ids": list(parent.get("rootfs", {}).get("diff_ids", [])) + [layer_diff_id]})
+    if author:
+        config["author"] = author
+    return config

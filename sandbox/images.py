@@ -19,6 +19,9 @@ fsync, rename), blobs take their digest as name only once it is checked, and
 from __future__ import annotations
 
 import contextlib
+import gzip
+import re
+import shutil
 import dataclasses
 import datetime
 import fcntl
@@ -28,9 +31,11 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
+from typing import BinaryIO
 
-from .archive import LayerEntry, extract_layer, write_layer_tar
+from .archive import LayerEntry, _HashingWriter, extract_layer, write_layer_tar
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -52,10 +57,12 @@ class ImageError(LookupError):
 
 @dataclasses.dataclass
 class Image:
-    name: str           # "busybox:latest"
+    name: str | None    # "busybox:latest" (None: known by id only)
     id: str             # "sha256:<hex of the config bytes>"
     config: dict        # the OCI image config
     layers: list[Path]  # unpacked layer directories, lowest first (none for scratch)
+    manifest_digest: str | None = None
+    manifest: dict | None = None
 
     @property
     def diff_ids(self) -> list[str]:
@@ -137,23 +144,58 @@ def _write_atomically(path: Path, data: bytes) -> None:
         tmp.commit(path)
 
 
+HOST_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# Docker's reference grammar, simplified: [registry[:port]/]path[:tag]
+REFERENCE = re.compile(r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+                       r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?$")
+
+
+def check_reference(name: str) -> str:
+    """A valid image name with its tag ("app" -> "app:latest"), or a clear error."""
+    if not name or len(name) > 255 or not REFERENCE.match(name):
+        raise ValueError(f"invalid image name {name!r}: use lower-case letters, digits and "
+                         "separators (. _ -), '/' between path parts, and ':tag'")
+    return normalize_name(name)
+
+
+class Conflict(Exception):
+    """The store refuses a removal: something still uses the image."""
+
+
 class ImageStore:
-    def __init__(self, root: Path):
+    """One Docker host's images (its image cache), over blobs and layers shared on disk.
+
+    ``<root>/oci`` is the default host's OCI layout and holds every blob;
+    another host's layout is ``<root>/hosts/<host>``, whose ``blobs`` is a link to
+    the shared one — each is a layout skopeo and umoci can read. Every write
+    happens under ``images.lock``; ``index.json`` is always written last, so a
+    crash never leaves a name pointing at something incomplete.
+    """
+
+    def __init__(self, root: Path, host: str = "default"):
+        if not HOST_PATTERN.match(host):
+            raise ValueError(f"invalid host name {host!r}")
         self.root = Path(root)
-        self.oci = self.root / "oci"
-        self.blobs = self.oci / "blobs" / "sha256"
+        self.host = host
+        self.shared = self.root / "oci"
+        self.oci = self.shared if host == "default" else self.root / "hosts" / host
+        self.blobs = self.shared / "blobs" / "sha256"
         self.layers_dir = self.root / "layers"
         self._index_cache: tuple[tuple, dict] | None = None
+        self._thread_lock = threading.RLock()
+        self._lock_depth = 0
 
     # --- reading ----------------------------------------------------------------------------
 
-    def _index(self) -> dict:
+    def _index(self, layout: Path | None = None) -> dict:
         """index.json, re-read only when the file has changed."""
-        path = self.oci / "index.json"
+        path = (layout or self.oci) / "index.json"
         try:
             st = os.stat(path)
         except FileNotFoundError:
             return {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": []}
+        if layout not in (None, self.oci):
+            return json.loads(path.read_bytes())
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         if self._index_cache is None or self._index_cache[0] != key:
             self._index_cache = (key, json.loads(path.read_bytes()))
@@ -166,19 +208,26 @@ class ImageStore:
 
     def blob_path(self, digest: str) -> Path:
         algorithm, _, hexdigest = digest.partition(":")
-        if algorithm != "sha256" or len(hexdigest) != 64:
+        if algorithm != "sha256" or len(hexdigest) != 64 or not all(c in "0123456789abcdef" for c in hexdigest):
             raise ValueError(f"not a sha256 digest: {digest!r}")
         return self.blobs / hexdigest
 
-    def _read_json_blob(self, digest: str) -> dict:
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def read_json_blob(self, digest: str) -> dict:
         return json.loads(self.blob_path(digest).read_bytes())
 
-    def _load(self, name: str, descriptor: dict) -> Image:
-        manifest = self._read_json_blob(descriptor["digest"])
+    _read_json_blob = read_json_blob
+
+    def layer_dir(self, chain_id: str) -> Path:
+        return self.layers_dir / chain_id.removeprefix("sha256:")
+
+    def _load(self, name: str | None, descriptor: dict) -> Image:
+        manifest = self.read_json_blob(descriptor["digest"])
         config_digest = manifest["config"]["digest"]
-        config = self._read_json_blob(config_digest)
-        layers = [self.layers_dir / chain.removeprefix("sha256:")
-                  for chain in chain_ids(config.get("rootfs", {}).get("diff_ids", []))]
+        config = self.read_json_blob(config_digest)
+        layers = [self.layer_dir(chain) for chain in chain_ids(config.get("rootfs", {}).get("diff_ids", []))]
         missing = [(path, layer) for path, layer in zip(layers, manifest.get("layers", []))
                    if not path.is_dir()]
         if missing:
@@ -187,7 +236,8 @@ class ImageStore:
                 for path, layer in missing:
                     if not path.is_dir():
                         extract_layer(self.blob_path(layer["digest"]), path)
-        return Image(name=name, id=config_digest, config=config, layers=layers)
+        return Image(name=name, id=config_digest, config=config, layers=layers,
+                     manifest_digest=descriptor["digest"], manifest=manifest)
 
     def list(self) -> list[Image]:
         return [self._load(name, desc) for name, desc in sorted(self._refs().items())]
@@ -199,7 +249,7 @@ class ImageStore:
         if wanted in refs:
             return self._load(wanted, refs[wanted])
         prefix = name.removeprefix("sha256:").lower()
-        if prefix and all(c in "0123456789abcdef" for c in prefix):
+        if len(prefix) >= 4 and all(c in "0123456789abcdef" for c in prefix):
             matches = {}
             for ref, desc in sorted(refs.items()):
                 image = self._load(ref, desc)
@@ -213,17 +263,40 @@ class ImageStore:
         here = ", ".join(sorted(refs)) or "none"
         raise ImageError(f"image {name!r} not found (images here: {here})")
 
+    def tags_of(self, image_id: str) -> list[str]:
+        return sorted(name for name, desc in self._refs().items()
+                      if self._load(name, desc).id == image_id)
+
+    def children(self, image: Image) -> list[Image]:
+        """Images whose layer chain extends this one's (built from chains, not a parent field)."""
+        mine = image.diff_ids
+        out = {}
+        for other in self.list():
+            theirs = other.diff_ids
+            if other.id != image.id and len(theirs) > len(mine) and theirs[:len(mine)] == mine:
+                out.setdefault(other.id, other)
+        return list(out.values())
+
     # --- writing ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _lock(self):
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "images.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        """The store's write lock: across processes (flock) and re-entrant in this one."""
+        with self._thread_lock:
+            if self._lock_depth == 0:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._lock_file = open(self.root / "images.lock", "a")
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            self._lock_depth += 1
             try:
                 yield
             finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+                    self._lock_file.close()
+
+    lock = _lock
 
     def ensure_base_images(self) -> None:
         """Makes busybox:latest and scratch:latest if they aren't here yet.
@@ -246,29 +319,296 @@ class ImageStore:
     def _init_layout(self) -> None:
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.layers_dir.mkdir(parents=True, exist_ok=True)
-        layout = self.oci / "oci-layout"
-        if not layout.exists():
-            _write_atomically(layout, canonical_json({"imageLayoutVersion": "1.0.0"}))
+        for layout in {self.shared, self.oci}:
+            layout.mkdir(parents=True, exist_ok=True)
+            marker = layout / "oci-layout"
+            if not marker.exists():
+                _write_atomically(marker, canonical_json({"imageLayoutVersion": "1.0.0"}))
+        if self.oci != self.shared and not (self.oci / "blobs").exists():
+            os.symlink(os.path.relpath(self.shared / "blobs", self.oci), self.oci / "blobs")
 
     def _add_refs(self, added: dict[str, dict]) -> None:
         """Points names at manifests in index.json (the last write: the commit point)."""
-        if not added:
-            return
+        if added:
+            self._write_index(set(added), added)
+
+    def _write_index(self, drop: set[str], add: dict[str, dict]) -> None:
         index = dict(self._index())
         manifests = [m for m in index.get("manifests", [])
-                     if m.get("annotations", {}).get(REF_NAME) not in added]
-        for name, descriptor in sorted(added.items()):
-            manifests.append({**descriptor, "annotations": {REF_NAME: name}})
+                     if m.get("annotations", {}).get(REF_NAME) not in drop]
+        for name, descriptor in sorted(add.items()):
+            entry = {k: v for k, v in descriptor.items() if k in ("mediaType", "digest", "size")}
+            manifests.append({**entry, "annotations": {REF_NAME: name}})
         index.update(schemaVersion=2, mediaType=MEDIA_INDEX, manifests=manifests)
         _write_atomically(self.oci / "index.json", canonical_json(index))
 
-    def _put_blob(self, data: bytes, media_type: str) -> dict:
+    def put_blob(self, data: bytes, media_type: str) -> dict:
         """Stores bytes under their digest; returns their OCI descriptor."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         if not path.exists():
+            self.blobs.mkdir(parents=True, exist_ok=True)
             _write_atomically(path, data)
         return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+    _put_blob = put_blob
+
+    def put_blob_file(self, source: BinaryIO, media_type: str, expected: str | None = None) -> dict:
+        """Streams a blob in; it takes its digest as name only once verified."""
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        with _TempFile(self.blobs) as tmp:
+            sha, size = hashlib.sha256(), 0
+            while chunk := source.read(1 << 20):
+                sha.update(chunk)
+                tmp.file.write(chunk)
+                size += len(chunk)
+            digest = "sha256:" + sha.hexdigest()
+            if expected and expected != digest:
+                raise ValueError(f"blob content is {digest}, not the {expected} it claims to be")
+            path = self.blob_path(digest)
+            if not path.exists():
+                tmp.commit(path)
+        return {"mediaType": media_type, "digest": digest, "size": size}
+
+    @contextlib.contextmanager
+    def writing_layer(self):
+        """Yields (file to write a layer tar into, dict that gets its descriptor).
+
+        The tar is hashed as it is written and takes its digest (= DiffID) as
+        its name only when complete and on disk.
+        """
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        result: dict = {}
+        with _TempFile(self.blobs) as tmp:
+            writer = _HashingWriter(tmp.file)
+            yield writer, result
+            digest = "sha256:" + writer.sha.hexdigest()
+            size = tmp.file.tell()
+            path = self.blob_path(digest)
+            if path.exists():
+                tmp.file.close()
+            else:
+                tmp.commit(path)
+            result.update(mediaType=MEDIA_LAYER_TAR, digest=digest, size=size)
+
+    def add_layer(self, tar: BinaryIO, media_type: str = MEDIA_LAYER_TAR,
+                  expected: str | None = None) -> tuple[dict, str]:
+        """Stores a layer blob (plain or gzip); returns its descriptor and its DiffID."""
+        descriptor = self.put_blob_file(tar, media_type, expected)
+        if media_type.endswith("+gzip") or media_type.endswith(".gzip"):
+            with gzip.open(self.blob_path(descriptor["digest"]), "rb") as plain:
+                sha = hashlib.sha256()
+                while chunk := plain.read(1 << 20):
+                    sha.update(chunk)
+            return descriptor, "sha256:" + sha.hexdigest()
+        return descriptor, descriptor["digest"]
+
+    def put_image(self, config: dict, layers: list[dict], name: str | None = None) -> Image:
+        """Writes config and manifest (layer blobs must be stored), unpacks, tags."""
+        diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+        history = [h for h in config.get("history", []) if not h.get("empty_layer")]
+        if len(diff_ids) != len(layers) or (config.get("history") and len(history) != len(diff_ids)):
+            raise ValueError(f"inconsistent image: {len(diff_ids)} diff_ids, {len(layers)} layers, "
+                             f"{len(history)} history entries that made a layer")
+        with self._lock():
+            self._init_layout()
+            descriptor = self._put_image(config, layers)
+            if name:
+                self._add_refs({check_reference(name): descriptor})
+        return self._load(normalize_name(name) if name else None, descriptor)
+
+    def _put_image(self, config: dict, layers: list[dict]) -> dict:
+        """Writes the config and manifest blobs (layers must be stored); returns the manifest's descriptor."""
+        for chain, layer in zip(chain_ids(config["rootfs"]["diff_ids"]), layers):
+            path = self.layer_dir(chain)
+            if not path.is_dir():
+                extract_layer(self.blob_path(layer["digest"]), path)
+        config_desc = self.put_blob(canonical_json(config), MEDIA_CONFIG)
+        manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
+                    "config": config_desc, "layers": layers}
+        return self.put_blob(canonical_json(manifest), MEDIA_MANIFEST)
+
+    def image_by_id(self, image_id: str) -> Image:
+        """An image known by its config digest, tagged or not (e.g. a container's)."""
+        for name, desc in self._refs().items():
+            image = self._load(name, desc)
+            if image.id == image_id:
+                return image
+        raise ImageError(f"image {image_id} is not tagged here")
+
+    def tag(self, ref: str, name: str) -> Image:
+        image = self.get(ref)
+        name = check_reference(name)
+        with self._lock():
+            self._add_refs({name: self._refs()[image.name]})
+        return self.get(name)
+
+    def untag(self, name: str) -> str:
+        wanted = normalize_name(name)
+        with self._lock():
+            if wanted not in self._refs():
+                raise ImageError(f"image {name!r} not found")
+            self._write_index({wanted}, {})
+        return wanted
+
+    def remove(self, ref: str, force: bool = False, used_by=lambda image_id: []) -> dict:
+        """``docker rmi``: untag; delete only what nothing uses any more.
+
+        An image with another tag is only untagged. One that a container or a
+        child image still uses is refused, or with ``force`` only untagged: its
+        layers stay, and garbage collection keeps them while anything uses them.
+        """
+        image = self.get(ref)
+        by_name = normalize_name(ref) == image.name
+        names = [normalize_name(ref)] if by_name else self.tags_of(image.id)
+        others = [t for t in self.tags_of(image.id) if t not in names]
+        if others:
+            for name in names:
+                self.untag(name)
+            return {"untagged": names, "deleted": []}
+        users = used_by(image.id)
+        children = [c.name or c.id for c in self.children(image)]
+        if (users or children) and not force:
+            reasons = []
+            if users:
+                reasons.append(f"used by container{'s' if len(users) > 1 else ''} {', '.join(users)}")
+            if children:
+                reasons.append(f"has dependent child image{'s' if len(children) > 1 else ''} "
+                               f"{', '.join(sorted(children))}")
+            raise Conflict(f"unable to remove {image.name}: it {' and '.join(reasons)} "
+                           "(force only untags it; its layers stay while they are used)")
+        for name in names:
+            self.untag(name)
+        return {"untagged": names, "deleted": [image.id]}
+
+    # --- garbage and checks --------------------------------------------------------------
+
+    def layouts(self) -> list[Path]:
+        hosts = self.root / "hosts"
+        return [self.shared] + (sorted(p for p in hosts.iterdir() if p.is_dir()) if hosts.is_dir() else [])
+
+    def live(self, extra_configs: set[str] = frozenset()) -> tuple[set[str], set[str]]:
+        """(blob digests, layer chain ids) that something still references.
+
+        Roots: every host's index.json, every container on disk (its image's
+        manifest, config and layers), every build cache entry, and ``extra_configs``.
+        """
+        blobs: set[str] = set()
+        chains: set[str] = set()
+        configs = set(extra_configs) | self._cache_configs()
+        manifests, container_configs = self._container_roots()
+        configs |= container_configs
+        descriptors = [{"digest": d} for d in manifests]
+        for layout in self.layouts():
+            descriptors += self._index(layout).get("manifests", [])
+        for desc in descriptors:
+            blobs.add(desc["digest"])
+            try:
+                manifest = self.read_json_blob(desc["digest"])
+            except (OSError, ValueError):
+                continue
+            configs.add(manifest["config"]["digest"])
+            blobs.update(layer["digest"] for layer in manifest.get("layers", []))
+        for digest in configs:
+            blobs.add(digest)
+            try:
+                config = self.read_json_blob(digest)
+            except (OSError, ValueError):
+                continue
+            chains.update(chain_ids(config.get("rootfs", {}).get("diff_ids", [])))
+        return blobs, chains
+
+    def _container_roots(self) -> tuple[set[str], set[str]]:
+        """(manifest digests, config digests) of the images containers on disk were made from."""
+        manifests, configs = set(), set()
+        for state in (self.root / "containers").glob("**/state.json"):
+            try:
+                record = json.loads(state.read_text())
+            except (OSError, ValueError):
+                continue
+            if record.get("manifest_digest"):
+                manifests.add(record["manifest_digest"])
+            if record.get("image_id"):
+                configs.add(record["image_id"])
+        return manifests, configs
+
+    def _cache_configs(self) -> set[str]:
+        found = set()
+        for layout in self.layouts():
+            try:
+                entries = json.loads((layout / "build-cache.json").read_text())
+            except (OSError, ValueError):
+                continue
+            found.update(e["image_id"] for e in entries.values() if "image_id" in e)
+        return found
+
+    def gc(self, extra_configs: set[str] = frozenset()) -> dict:
+        """Deletes blobs and unpacked layers that nothing references, and partial writes."""
+        removed = {"blobs": [], "layers": [], "partial": []}
+        with self._lock():
+            blobs, chains = self.live(extra_configs)
+            if self.blobs.is_dir():
+                for path in self.blobs.iterdir():
+                    if path.name.startswith(".tmp-"):
+                        path.unlink()
+                        removed["partial"].append(path.name)
+                    elif "sha256:" + path.name not in blobs:
+                        path.unlink()
+                        removed["blobs"].append("sha256:" + path.name)
+            if self.layers_dir.is_dir():
+                for path in self.layers_dir.iterdir():
+                    if path.name.startswith("."):  # an extraction that never finished
+                        shutil.rmtree(path, ignore_errors=True)
+                        removed["partial"].append(path.name)
+                    elif "sha256:" + path.name not in chains:
+                        shutil.rmtree(path, ignore_errors=True)
+                        removed["layers"].append("sha256:" + path.name)
+        return removed
+
+    def fsck(self) -> list[str]:
+        """Every problem with the store, in words; an empty list means all is well."""
+        problems: list[str] = []
+        if self.blobs.is_dir():
+            for path in sorted(self.blobs.iterdir()):
+                if path.name.startswith(".tmp-"):
+                    problems.append(f"partial blob write left behind: {path} (unreferenced; gc removes it)")
+                    continue
+                actual = _sha256_file(path)
+                if actual != path.name:
+                    problems.append(f"blob sha256:{path.name} is corrupt: its content hashes to sha256:{actual}")
+        for layout in self.layouts():
+            for desc in self._index(layout).get("manifests", []):
+                name = desc.get("annotations", {}).get(REF_NAME, desc["digest"])
+                where = f"{layout.name}: image {name}"
+                try:
+                    manifest = self.read_json_blob(desc["digest"])
+                    config = self.read_json_blob(manifest["config"]["digest"])
+                except FileNotFoundError as exc:
+                    problems.append(f"{where}: missing blob {Path(exc.filename).name}")
+                    continue
+                except (ValueError, KeyError) as exc:
+                    problems.append(f"{where}: unreadable manifest or config ({exc})")
+                    continue
+                for layer in manifest.get("layers", []):
+                    if not self.has_blob(layer["digest"]):
+                        problems.append(f"{where}: missing layer blob {layer['digest']}")
+                diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+                made = [h for h in config.get("history", []) if not h.get("empty_layer")]
+                if len(diff_ids) != len(manifest.get("layers", [])):
+                    problems.append(f"{where}: {len(diff_ids)} diff_ids but {len(manifest.get('layers', []))} layers")
+                if config.get("history") and len(made) != len(diff_ids):
+                    problems.append(f"{where}: {len(made)} history entries made a layer, "
+                                    f"but there are {len(diff_ids)} diff_ids")
+                for chain in chain_ids(diff_ids):
+                    if not self.layer_dir(chain).is_dir():
+                        problems.append(f"{where}: layer {chain} is not unpacked (it will be, from its blob)")
+        if self.layers_dir.is_dir():
+            for path in self.layers_dir.iterdir():
+                if path.name.startswith("."):
+                    problems.append(f"partial layer extraction left behind: {path} (gc removes it)")
+        return problems
+
+    # --- the base images ---------------------------------------------------------------
 
     def _put_layer(self, entries: list[LayerEntry], mtime: int) -> dict:
         """Writes a layer blob and unpacks it; returns its descriptor (digest = DiffID)."""
@@ -284,17 +624,6 @@ class ImageStore:
             if not path.exists():
                 tmp.commit(path)
         return {"mediaType": MEDIA_LAYER_TAR, "digest": diff_id, "size": size}
-
-    def _put_image(self, config: dict, layers: list[dict]) -> dict:
-        """Writes the config and manifest blobs (layers must be stored); returns the manifest's descriptor."""
-        for chain, layer in zip(chain_ids(config["rootfs"]["diff_ids"]), layers):
-            path = self.layers_dir / chain.removeprefix("sha256:")
-            if not path.is_dir():
-                extract_layer(self.blob_path(layer["digest"]), path)
-        config_desc = self._put_blob(canonical_json(config), MEDIA_CONFIG)
-        manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
-                    "config": config_desc, "layers": layers}
-        return self._put_blob(canonical_json(manifest), MEDIA_MANIFEST)
 
     def _build_busybox(self) -> dict:
         binary = Path(os.path.realpath(BUSYBOX_BINARY))

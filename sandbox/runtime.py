@@ -252,6 +252,7 @@ class Runtime:
         self.empty_layer = state_dir / "empty-layer"
         self.empty_layer.mkdir(exist_ok=True)
         self._idmapped: dict[Path, Path] = {}
+        self._idmap_count = 0
         self._idmap_lock = threading.Lock()
         self._processes: dict[str, tuple[Container, Process]] = {}
         self._lock = threading.Lock()
@@ -355,7 +356,8 @@ class Runtime:
             mounted = self._idmapped.get(layer)
             if mounted:
                 return mounted
-            target = self.idmap_dir / str(len(self._idmapped))
+            self._idmap_count += 1
+            target = self.idmap_dir / str(self._idmap_count)
             target.mkdir(parents=True, exist_ok=True)
             fd = linux.open_tree(layer, linux.OPEN_TREE_CLONE | linux.OPEN_TREE_CLOEXEC | linux.AT_RECURSIVE)
             try:
@@ -365,6 +367,13 @@ class Runtime:
                 os.close(fd)
             self._idmapped[layer] = target
             return target
+
+    def forget_layer(self, layer: Path) -> None:
+        """Unmounts a removed layer's idmapped view (nothing runs on it any more)."""
+        with self._idmap_lock:
+            target = self._idmapped.pop(layer, None)
+        if target is not None:
+            linux.umount(target, linux.MNT_DETACH)
 
     def prepare_volume(self, mount: Mount) -> int:
         """A detached mount of a host directory for PID 1 to attach.
