@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from sandbox.engine import VERSION, Engine, EngineError, NotFound
 from sandbox.images import ImageError
 from sandbox.runtime import ContainerConfig, ContainerError, Mount
+from sandbox.volumes import VolumeError
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,32 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(204, None)
 
 
+    # ------------------------------------------------------------------ volumes
+
+    @route("GET", r"/volumes")
+    def volumes_list(self):
+        self.send_json(200, {"Volumes": [v.to_docker() for v in self.engine.volumes.list()],
+                             "Warnings": []})
+
+    @route("POST", r"/volumes/create")
+    def volumes_create(self):
+        body = self.read_json()
+        volume = self.engine.create_volume(body.get("Name") or None, body.get("Labels") or {})
+        self.send_json(201, volume.to_docker())
+
+    @route("GET", r"/volumes/([^/]+)")
+    def volumes_inspect(self, name):
+        try:
+            self.send_json(200, self.engine.volumes.get(name).to_docker())
+        except VolumeError as exc:
+            raise NotFound(str(exc)) from None
+
+    @route("DELETE", r"/volumes/([^/]+)")
+    def volumes_delete(self, name):
+        self.engine.remove_volume(name)
+        self.send_json(204, None)
+
+
 # ---------------------------------------------------------------------- translation
 
 def config_from_docker(body: dict, name: str | None) -> ContainerConfig:
@@ -234,11 +261,12 @@ def config_from_docker(body: dict, name: str | None) -> ContainerConfig:
     if not body.get("Image"):
         raise ValueError("Image is required")
     host = body.get("HostConfig") or {}
-    if host.get("Binds") or host.get("Mounts"):
+    mounts = [Mount.parse(b) for b in host.get("Binds") or []]
+    if host.get("Mounts") or any(m.volume is None for m in mounts):
         # Whoever holds this socket is a student: a host directory would hand
-        # them the host's files. Named volumes (managed by the engine) come next.
-        raise ValueError("mounting host directories is not allowed through the API")
-    mounts: list[Mount] = []
+        # them the host's files. Named volumes are the engine's own directories.
+        raise ValueError("mounting host directories is not allowed here: use a named volume "
+                         "(-v NAME:/path)")
     defaults = ContainerConfig(image="")
     cpus = host.get("NanoCpus")
     return ContainerConfig(

@@ -26,7 +26,8 @@ from sandbox.commit import write_upper_as_layer
 from sandbox.images import rfc3339 as images_rfc3339
 from sandbox.images import Conflict as ImageConflict
 from sandbox.images import Image, ImageError, ImageStore, check_reference
-from sandbox.runtime import (Container, ContainerConfig, ContainerError, ExitStatus,
+from sandbox.volumes import Volume, VolumeError, VolumeInUse, VolumeNotFound, VolumeStore
+from sandbox.runtime import (Container, ContainerConfig, ContainerError, ExitStatus, Mount,
                              OutputListener, Process, Runtime)
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,10 @@ def enter_private_mount_namespace() -> bool:
     return True
 
 
+def host_dir_name(host: str) -> str:
+    return host or "default"
+
+
 def cgroup_root_name(state_dir: Path) -> str:
     """The parent cgroup of one state dir's containers (unique per state dir)."""
     tag = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:10]
@@ -107,10 +112,11 @@ class Engine:
         self.host = host
         self.policy = policy or Policy()
         self.bus = EventBus()
-        self.images = ImageStore(self.state_dir)
+        self.images = ImageStore(self.state_dir, host_dir_name(host))
         self.images.ensure_base_images()
         self.cgroup_root = cgroup_root_name(self.state_dir)
         self.cgroups = cgroups.detect(self.cgroup_root)
+        self.volumes = VolumeStore(self.state_dir / "volumes" / host_dir_name(host), uid_base)
         self.containers_dir = self.state_dir / "containers"
         self.containers_dir.mkdir(exist_ok=True)
         self.reconcile()
@@ -157,6 +163,7 @@ class Engine:
         except ImageError as exc:
             raise NotFound(str(exc)) from None
         validate_config(config, self.policy)
+        self._attach_volumes(config, image)
         with self._lock:
             if config.name:
                 if any(c.name == config.name for c in self.containers.values()):
@@ -228,7 +235,26 @@ class Engine:
         self.bus.emit("container.kill", c.subject(), {"signal": sig}, host=self.host)
         c.process.signal(sig)
 
-    def remove(self, ref: str | Container, force: bool = False) -> None:
+    def _attach_volumes(self, config: ContainerConfig, image: Image) -> None:
+        """Named volumes are made on first use; the image's VOLUMEs get anonymous ones."""
+        covered = {os.path.normpath(m.target) for m in config.mounts}
+        for path in sorted((image.config.get("config") or {}).get("Volumes") or {}):
+            if os.path.normpath(path) not in covered:
+                config.mounts.append(Mount("", path, anonymous=True))
+        for m in config.mounts:
+            if m.volume is None and not m.anonymous:
+                continue  # a host directory (only the operator's CLI may ask for one)
+            try:
+                volume, made = self.volumes.create(m.volume)
+            except VolumeError as exc:
+                raise EngineError(str(exc)) from None
+            m.volume, m.source = volume.name, str(volume.mountpoint)
+            if made:
+                self.bus.emit("volume.created", {"volume": volume.name},
+                              {"mountpoint": m.source, "anonymous": m.anonymous}, host=self.host)
+
+    def remove(self, ref: str | Container, force: bool = False, volumes: bool = False) -> None:
+        """Removes a container; its anonymous volumes too with ``volumes`` (or ``--rm``)."""
         c = self.get(ref, include_removed=True)
         if c.state == "removed":
             return
@@ -245,6 +271,37 @@ class Engine:
         self.runtime.release(c)
         self.runtime.remove_writable_layer(c)
         self.bus.emit("container.removed", c.subject(), {}, host=self.host)
+        if volumes or c.config.auto_remove:
+            for m in c.config.mounts:
+                if m.anonymous:
+                    self.remove_volume(m.volume)
+
+    # ------------------------------------------------------------------ volumes
+
+    def create_volume(self, name: str | None = None, labels: dict | None = None) -> Volume:
+        try:
+            volume, made = self.volumes.create(name, labels)
+        except VolumeError as exc:
+            raise EngineError(str(exc)) from None
+        if made:
+            self.bus.emit("volume.created", {"volume": volume.name},
+                          {"mountpoint": str(volume.mountpoint)}, host=self.host)
+        return volume
+
+    def volume_users(self, name: str) -> list[str]:
+        return [c.name for c in self.list() if any(m.volume == name for m in c.config.mounts)]
+
+    def remove_volume(self, name: str) -> None:
+        """Refused while any container (running or not) still has it."""
+        try:
+            self.volumes.remove(name, self.volume_users(name))
+        except VolumeNotFound as exc:
+            raise NotFound(str(exc)) from None
+        except VolumeInUse as exc:
+            raise Conflict(str(exc)) from None
+        except VolumeError as exc:
+            raise EngineError(str(exc)) from None
+        self.bus.emit("volume.removed", {"volume": name}, {}, host=self.host)
 
     def exec(self, ref: str | Container, argv: list[str], **options) -> Process:
         c = self.get(ref)
@@ -443,7 +500,7 @@ def validate_config(config: ContainerConfig, policy: Policy = Policy()) -> None:
     if len(config.mounts) > policy.max_mounts:
         raise EngineError(f"too many volumes ({len(config.mounts)}; at most {policy.max_mounts})")
     for m in config.mounts:
-        if not Path(m.source).is_dir():
+        if m.volume is None and not Path(m.source).is_dir():
             raise EngineError(f"volume source {m.source} is not a directory on the host")
         target = os.path.normpath("/" + m.target.strip("/")) if m.target.strip("/") else "/"
         if ".." in m.target.split("/"):

@@ -64,20 +64,25 @@ class ContainerError(RuntimeError):
 
 @dataclasses.dataclass
 class Mount:
-    source: str            # a host directory
+    source: str            # a host directory, or a volume's name
     target: str            # a path in the container
     readonly: bool = False
+    volume: str | None = None   # set when ``source`` names a volume (resolved at create)
+    anonymous: bool = False     # a volume made for this container (from the image's VOLUME)
 
     @classmethod
     def parse(cls, text: str) -> "Mount":
-        """``HOSTDIR:PATH[:ro|rw]`` as ``docker run -v`` takes it."""
+        """``HOSTDIR:PATH[:ro|rw]`` or ``VOLUME:PATH[:ro|rw]``, as ``docker run -v`` takes it."""
         parts = text.split(":")
         mode = "rw"
         if len(parts) == 3 and parts[2] in ("ro", "rw"):
             mode = parts.pop()
-        if len(parts) != 2 or not parts[0].startswith("/") or not parts[1].startswith("/"):
-            raise ValueError(f"invalid volume {text!r}: expected /host/dir:/container/path[:ro]")
-        return cls(parts[0], parts[1], mode == "ro")
+        if len(parts) != 2 or not parts[0] or not parts[1].startswith("/"):
+            raise ValueError(f"invalid volume {text!r}: expected /host/dir:/container/path[:ro] "
+                             "or name:/container/path[:ro]")
+        if parts[0].startswith("/"):
+            return cls(parts[0], parts[1], mode == "ro")
+        return cls(parts[0], parts[1], mode == "ro", volume=parts[0])
 
 
 @dataclasses.dataclass

@@ -193,11 +193,14 @@ def _image_label(tags: list[str], image_id: str) -> str:
 
 
 def _human_size(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
+    if size < 1000:
+        return f"{size} B"
+    scaled, unit = size / 1000, "kB"
+    for bigger in ("MB", "GB"):
+        if scaled < 1000:
+            break
+        scaled, unit = scaled / 1000, bigger
+    return f"{scaled:.1f} {unit}"
 
 
 # ---------------------------------------------------------------- queries
@@ -433,7 +436,6 @@ def efficiency(layer_dirs: list[Path]) -> dict:
             "wasted_bytes": wasted,
             "user_size": user_size,
             "size": sum(sizes),
-            "wasted_user_percent": wasted / user_size if user_size else 0.0,
             "inefficiencies": inefficiencies}
 
 
@@ -460,21 +462,22 @@ def _apply(index: int, layer_dir: Path, layer: _ScannedLayer,
         for p in (path, *ups):
             if p in entries:
                 previous_size[p] += old.size
+        # Replaced: a file where a directory was (its contents go), or the reverse.
+        replaced = any(entries.get(p, _DIR).kind != "dir" for p in ups) or \
+            (old.kind != "dir" and entries.get(path, old).kind == "dir")
         if path in layer.whiteouts or any(p in layer.whiteouts for p in ups) or \
                 any(p in layer.opaque for p in ups):
-            # Removed, unless this layer writes it again; reported at the
-            # highest removed path that this layer does not rewrite.
             hidden.append(path)
-            if path not in entries:
+            if path not in entries and not replaced:
+                # Reported once, at the highest removed path this layer does not rewrite.
                 root = path
                 for p in ups:
                     if p == "/" or p in entries or p in layer.opaque:
                         break
                     root = p
                 removed_size[root] += old.size
-        elif any(entries.get(p, _DIR).kind != "dir" for p in ups) or \
-                (old.kind != "dir" and entries.get(path, old).kind == "dir"):
-            hidden.append(path)   # replaced: a file where a directory was, or the reverse
+        elif replaced:
+            hidden.append(path)
         else:
             continue
         if old.kind != "dir" and entries.get(path, _DIR).kind == "dir":
@@ -498,7 +501,7 @@ _DIR = _Entry("dir", 0)
 
 
 def _parents(path: str) -> Iterator[str]:
-    """"/a/b/c" -> "/a/b", "/a", "/"."""
+    """The directories above a path, nearest first: /a/b/c gives /a/b, /a, /."""
     while path != "/":
         path = path.rsplit("/", 1)[0] or "/"
         yield path

@@ -86,7 +86,7 @@ def test_run_bad_input_says_what_is_wrong(state_dir, host_unchanged):
     assert result.returncode == 125 and b"nosuchimage" in result.stderr
     result = glassbox("run", "--rm", "-m", "lots", "busybox", state_dir=state_dir)
     assert result.returncode == 2 and b"invalid size" in result.stderr
-    result = glassbox("run", "--rm", "-v", "relative:/x", "busybox", state_dir=state_dir)
+    result = glassbox("run", "--rm", "-v", "no-target-path", "busybox", state_dir=state_dir)
     assert result.returncode == 125 and b"invalid volume" in result.stderr
     result = glassbox("run", "--rm", "--name", "bad name!", "busybox", "true", state_dir=state_dir)
     assert result.returncode == 125 and b"invalid container name" in result.stderr
