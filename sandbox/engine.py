@@ -157,11 +157,13 @@ class Engine:
 
     # ------------------------------------------------------------------ containers
 
-    def create(self, config: ContainerConfig) -> Container:
-        try:
-            image = self.images.get(config.image)
-        except ImageError as exc:
-            raise NotFound(str(exc)) from None
+    def create(self, config: ContainerConfig, image: Image | None = None) -> Container:
+        """A container of ``config.image`` (or of ``image``, e.g. a build's intermediate state)."""
+        if image is None:
+            try:
+                image = self.images.get(config.image)
+            except ImageError as exc:
+                raise NotFound(str(exc)) from None
         validate_config(config, self.policy)
         self._attach_volumes(config, image)
         with self._lock:
@@ -362,6 +364,11 @@ class Engine:
         for digest in removed["blobs"]:
             self.bus.emit("blob.removed", {"blob": digest}, {}, host=self.host)
         return removed
+
+    def build(self, context: Path, options, out=lambda line: None) -> Image:
+        """``docker build``: see sandbox/builder.py (options: a builder.BuildOptions)."""
+        from sandbox.builder import Builder
+        return Builder(self).build(Path(context), options, out)
 
     # ------------------------------------------------------------------ lookup
 

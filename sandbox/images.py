@@ -493,9 +493,8 @@ class ImageStore:
         Roots: every host's index.json, every container on disk (its image's
         manifest, config and layers), every build cache entry, and ``extra_configs``.
         """
-        blobs: set[str] = set()
-        chains: set[str] = set()
-        configs = set(extra_configs) | self._cache_configs()
+        configs = set(extra_configs)
+        blobs, chains = self._cache_roots()
         manifests, container_configs = self._container_roots()
         configs |= container_configs
         descriptors = [{"digest": d} for d in manifests]
@@ -532,15 +531,20 @@ class ImageStore:
                 configs.add(record["image_id"])
         return manifests, configs
 
-    def _cache_configs(self) -> set[str]:
-        found = set()
+    def _cache_roots(self) -> tuple[set[str], set[str]]:
+        """(layer blobs, chain ids) the build caches keep for later builds."""
+        blobs, chains = set(), set()
         for layout in self.layouts():
             try:
                 entries = json.loads((layout / "build-cache.json").read_text())
             except (OSError, ValueError):
                 continue
-            found.update(e["image_id"] for e in entries.values() if "image_id" in e)
-        return found
+            for entry in entries.values():
+                if entry.get("layer"):
+                    blobs.add(entry["layer"]["digest"])
+                if entry.get("chain"):
+                    chains.add(entry["chain"])
+        return blobs, chains
 
     def gc(self, extra_configs: set[str] = frozenset()) -> dict:
         """Deletes blobs and unpacked layers that nothing references, and partial writes."""
