@@ -132,7 +132,8 @@ class Builder:
         if unused:
             out(f"[Warning] One or more build-args {unused} were not consumed\n")
         assert state is not None
-        image = self.store.put_image(state.config, state.layers, options.tags[0] if options.tags else None)
+        image = self.store.put_image(state.config, state.layers,
+                                     options.tags[0] if options.tags else None, keep=True)
         for tag in options.tags[1:]:
             self.store.tag(image.id, tag)
         self._save_cache()

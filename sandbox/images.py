@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import subprocess
 import tempfile
 import threading
@@ -239,8 +240,16 @@ class ImageStore:
         return Image(name=name, id=config_digest, config=config, layers=layers,
                      manifest_digest=descriptor["digest"], manifest=manifest)
 
-    def list(self) -> list[Image]:
-        return [self._load(name, desc) for name, desc in sorted(self._refs().items())]
+    def list(self, dangling: bool = False) -> list[Image]:
+        """Tagged images; with ``dangling``, also the untagged ones this host keeps
+        (``docker build`` without ``-t``: ``<none>:<none>``)."""
+        images = [self._load(name, desc) for name, desc in sorted(self._refs().items())]
+        if dangling:
+            images += [self._load(None, desc) for desc in self._dangling()]
+        return images
+
+    def _dangling(self) -> list[dict]:
+        return [m for m in self._index().get("manifests", []) if REF_NAME not in m.get("annotations", {})]
 
     def get(self, name: str) -> Image:
         """An image by name ("busybox", "busybox:latest"), id ("sha256:…") or unique id prefix."""
@@ -251,7 +260,8 @@ class ImageStore:
         prefix = name.removeprefix("sha256:").lower()
         if len(prefix) >= 4 and all(c in "0123456789abcdef" for c in prefix):
             matches = {}
-            for ref, desc in sorted(refs.items()):
+            candidates = sorted(refs.items()) + [(None, desc) for desc in self._dangling()]
+            for ref, desc in candidates:
                 image = self._load(ref, desc)
                 if image.id.removeprefix("sha256:").startswith(prefix):
                     matches.setdefault(image.id, image)
@@ -305,6 +315,7 @@ class ImageStore:
         stat (and, once per process, reading index.json).
         """
         if all(name in self._refs() for name in BASE_IMAGES):
+            self._protect_layers()  # a state dir made before layers were kept private
             return
         with self._lock():
             self._init_layout()
@@ -319,6 +330,7 @@ class ImageStore:
     def _init_layout(self) -> None:
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.layers_dir.mkdir(parents=True, exist_ok=True)
+        self._protect_layers()
         for layout in {self.shared, self.oci}:
             layout.mkdir(parents=True, exist_ok=True)
             marker = layout / "oci-layout"
@@ -327,15 +339,31 @@ class ImageStore:
         if self.oci != self.shared and not (self.oci / "blobs").exists():
             os.symlink(os.path.relpath(self.shared / "blobs", self.oci), self.oci / "blobs")
 
+    def _protect_layers(self) -> None:
+        """Only root may enter ``layers``.
+
+        An unpacked layer keeps its owners and modes, so a setuid file a container
+        committed (or a Dockerfile or an imported image put there) is a setuid-*host*-
+        root file here: any host user who can reach it becomes root. Containers
+        don't need the path (their lower dirs are mounted by the engine), so,
+        like Docker's /var/lib/docker, nobody else gets in.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(os.stat(self.layers_dir).st_mode) != 0o700:
+                os.chmod(self.layers_dir, 0o700)
+
     def _add_refs(self, added: dict[str, dict]) -> None:
         """Points names at manifests in index.json (the last write: the commit point)."""
         if added:
             self._write_index(set(added), added)
 
-    def _write_index(self, drop: set[str], add: dict[str, dict]) -> None:
+    def _write_index(self, drop: set[str], add: dict[str, dict], undangle: str | None = None) -> None:
+        """index.json without the names in ``drop`` (and the untagged entry of
+        ``undangle``), with the names in ``add``."""
         index = dict(self._index())
         manifests = [m for m in index.get("manifests", [])
-                     if m.get("annotations", {}).get(REF_NAME) not in drop]
+                     if m.get("annotations", {}).get(REF_NAME) not in drop
+                     and not (REF_NAME not in m.get("annotations", {}) and m["digest"] == undangle)]
         for name, descriptor in sorted(add.items()):
             entry = {k: v for k, v in descriptor.items() if k in ("mediaType", "digest", "size")}
             manifests.append({**entry, "annotations": {REF_NAME: name}})
@@ -403,8 +431,13 @@ class ImageStore:
             return descriptor, "sha256:" + sha.hexdigest()
         return descriptor, descriptor["digest"]
 
-    def put_image(self, config: dict, layers: list[dict], name: str | None = None) -> Image:
-        """Writes config and manifest (layer blobs must be stored), unpacks, tags."""
+    def put_image(self, config: dict, layers: list[dict], name: str | None = None,
+                  keep: bool = False) -> Image:
+        """Writes config and manifest (layer blobs must be stored), unpacks, tags.
+
+        Untagged, the image is kept (listed as dangling) only with ``keep``;
+        otherwise it lives as long as something else refers to it.
+        """
         diff_ids = config.get("rootfs", {}).get("diff_ids", [])
         history = [h for h in config.get("history", []) if not h.get("empty_layer")]
         if len(diff_ids) != len(layers) or (config.get("history") and len(history) != len(diff_ids)):
@@ -415,6 +448,11 @@ class ImageStore:
             descriptor = self._put_image(config, layers)
             if name:
                 self._add_refs({check_reference(name): descriptor})
+            elif keep and all(m["digest"] != descriptor["digest"] for m in self._index().get("manifests", [])):
+                index = dict(self._index())
+                index["manifests"] = list(index.get("manifests", [])) + [descriptor]
+                index.update(schemaVersion=2, mediaType=MEDIA_INDEX)
+                _write_atomically(self.oci / "index.json", canonical_json(index))
         return self._load(normalize_name(name) if name else None, descriptor)
 
     def _put_image(self, config: dict, layers: list[dict]) -> dict:
@@ -439,8 +477,10 @@ class ImageStore:
     def tag(self, ref: str, name: str) -> Image:
         image = self.get(ref)
         name = check_reference(name)
+        descriptor = {"mediaType": MEDIA_MANIFEST, "digest": image.manifest_digest,
+                      "size": self.blob_path(image.manifest_digest).stat().st_size}
         with self._lock():
-            self._add_refs({name: self._refs()[image.name]})
+            self._write_index(set(), {name: descriptor}, undangle=image.manifest_digest)
         return self.get(name)
 
     def untag(self, name: str) -> str:
@@ -471,14 +511,17 @@ class ImageStore:
         if (users or children) and not force:
             reasons = []
             if users:
-                reasons.append(f"used by container{'s' if len(users) > 1 else ''} {', '.join(users)}")
+                reasons.append(f"is used by container{'s' if len(users) > 1 else ''} {', '.join(users)}")
             if children:
                 reasons.append(f"has dependent child image{'s' if len(children) > 1 else ''} "
                                f"{', '.join(sorted(children))}")
-            raise Conflict(f"unable to remove {image.name}: it {' and '.join(reasons)} "
+            raise Conflict(f"unable to remove {image.name or image.id}: it {' and '.join(reasons)} "
                            "(force only untags it; its layers stay while they are used)")
         for name in names:
             self.untag(name)
+        if image.name is None:  # a dangling image, by id: forget it
+            with self._lock():
+                self._write_index(set(), {}, undangle=image.manifest_digest)
         return {"untagged": names, "deleted": [image.id]}
 
     # --- garbage and checks --------------------------------------------------------------
@@ -567,6 +610,12 @@ class ImageStore:
                     elif "sha256:" + path.name not in chains:
                         shutil.rmtree(path, ignore_errors=True)
                         removed["layers"].append("sha256:" + path.name)
+            # An index.json (or oci-layout) write that died before its rename; every
+            # such write holds this lock, so none is in progress now.
+            for layout in self.layouts():
+                for path in layout.glob(".tmp-*"):
+                    path.unlink()
+                    removed["partial"].append(path.name)
         return removed
 
     def fsck(self) -> list[str]:
@@ -581,6 +630,9 @@ class ImageStore:
                 if actual != path.name:
                     problems.append(f"blob sha256:{path.name} is corrupt: its content hashes to sha256:{actual}")
         for layout in self.layouts():
+            for path in sorted(layout.glob(".tmp-*")):
+                problems.append(f"partial index write left behind: {path} (index.json is intact; "
+                                "gc removes it)")
             for desc in self._index(layout).get("manifests", []):
                 name = desc.get("annotations", {}).get(REF_NAME, desc["digest"])
                 where = f"{layout.name}: image {name}"
