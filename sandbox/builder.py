@@ -136,6 +136,8 @@ class Builder:
                                      options.tags[0] if options.tags else None, keep=True)
         for tag in options.tags[1:]:
             self.store.tag(image.id, tag)
+        # The image and the real entries refer to the layers now.
+        self.cache = {k: v for k, v in self.cache.items() if not k.startswith("pending:")}
         self._save_cache()
         short = image.id.removeprefix("sha256:")[:12]
         out(f"Successfully built {short}\n")
@@ -276,20 +278,20 @@ class Builder:
     def _layer_step(self, state: StageState, key: str, created_by: str,
                     make_layer: Callable[[], dict]) -> None:
         entry = self._cached(key)
+        rootfs = state.config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
         if entry is not None:
             self.out(" ---> Using cache\n")
             self.emit("build.cache_hit", step=self.step, key=key, layer=entry["layer"]["digest"])
         else:
             layer = make_layer()
-            entry = {"layer": layer, "history": self._history(created_by, empty=False)}
+            entry = {"layer": layer, "history": self._history(created_by, empty=False),
+                     "chain": chain_ids(list(rootfs.get("diff_ids", [])) + [layer["digest"]])[-1]}
             self.cache[key] = entry
             self.emit("layer.created", step=self.step, layer=layer["digest"], size=layer["size"])
         state.layers.append(entry["layer"])
-        rootfs = state.config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
         rootfs["diff_ids"] = list(rootfs.get("diff_ids", [])) + [entry["layer"]["digest"]]
         state.config.setdefault("history", []).append(entry["history"])
         state.config["created"] = entry["history"]["created"]
-        entry["chain"] = chain_ids(rootfs["diff_ids"])[-1]
         state.key = key
 
     # ------------------------------------------------------------------ instructions
@@ -344,6 +346,7 @@ class Builder:
         with self.store.lock():
             with self.store.writing_layer() as (out, layer):
                 write_upper_as_layer(c.rw_dir / "upper", out, engine.runtime.uid_base)
+            self._remember(layer)
         engine.remove(c, force=True)
         self.out(f"Removing intermediate container {c.id[:12]}\n")
         return dict(layer)
@@ -392,6 +395,7 @@ class Builder:
                 with self.store.lock():
                     with self.store.writing_layer() as (out, layer):
                         plan.write(out, current)
+                    self._remember(layer)
         return dict(layer)
 
     def _do_add(self, instruction: df.Instruction, state: StageState, built: dict) -> None:
@@ -554,9 +558,16 @@ class Builder:
 
     def _load_cache(self) -> dict:
         try:
-            return json.loads(self.cache_path.read_text())
+            cache = json.loads(self.cache_path.read_text())
         except (OSError, ValueError):
             return {}
+        return {k: v for k, v in cache.items() if not k.startswith("pending:")}
+
+    def _remember(self, layer: dict) -> None:
+        """Makes a new layer blob a gc root at once (call under the store's lock):
+        until the build's cache is saved, nothing else would refer to it."""
+        self.cache[f"pending:{layer['digest']}"] = {"layer": dict(layer)}
+        self._save_cache()
 
     def _save_cache(self) -> None:
         tmp = self.cache_path.with_name(f".build-cache.{os.getpid()}.{self.build_id}")

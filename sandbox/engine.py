@@ -276,7 +276,10 @@ class Engine:
         if volumes or c.config.auto_remove:
             for m in c.config.mounts:
                 if m.anonymous:
-                    self.remove_volume(m.volume)
+                    try:
+                        self.remove_volume(m.volume)
+                    except Conflict as exc:  # someone mounted it by name: it stays, as in Docker
+                        log.info("keeping volume %s: %s", m.volume, exc)
 
     # ------------------------------------------------------------------ volumes
 
@@ -325,12 +328,15 @@ class Engine:
         if name:
             check_reference(name)
         parent = c.image
-        with self.images.lock():  # gc must not take the half-written blob for garbage
+        # Under the store's lock until the image refers to its layer: a gc in
+        # between would take the new blob for garbage.
+        with self.images.lock():
             with self.images.writing_layer() as (out, layer):
                 stats = write_upper_as_layer(upper, out, self.runtime.uid_base)
-        config = committed_config(parent.config, c, layer_diff_id=layer["digest"],
-                                  author=author, message=message, changes=changes or {})
-        image = self.images.put_image(config, list(parent.manifest["layers"]) + [layer], name)
+            config = committed_config(parent.config, c, layer_diff_id=layer["digest"],
+                                      author=author, message=message, changes=changes or {})
+            image = self.images.put_image(config, list(parent.manifest["layers"]) + [layer], name,
+                                          keep=True)
         self.bus.emit("layer.created", {"layer": layer["digest"]},
                       {"from": "commit", "container": c.id, "size": layer["size"],
                        **dataclasses.asdict(stats)}, host=self.host)

@@ -280,6 +280,8 @@ class ImageStore:
     def children(self, image: Image) -> list[Image]:
         """Images whose layer chain extends this one's (built from chains, not a parent field)."""
         mine = image.diff_ids
+        if not mine:
+            return []  # every image "extends" scratch; none depends on it
         out = {}
         for other in self.list():
             theirs = other.diff_ids

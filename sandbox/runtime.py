@@ -503,9 +503,10 @@ class Runtime:
                 continue  # registered after the status pipe closes
             selector.register(fd, selectors.EVENT_READ, name)
         oom_fd = None
-        if process.id == c.id and c.cgroup is not None:
+        cgroup = c.cgroup if process.id == c.id else None
+        if cgroup is not None:
             try:
-                oom_fd = c.cgroup.open_oom_notifier()
+                oom_fd = cgroup.open_oom_notifier()
                 selector.register(oom_fd, selectors.EVENT_READ, "oom")
             except OSError as exc:
                 log.warning("no OOM notification for %s: %s", c.id, exc)
@@ -561,20 +562,22 @@ class Runtime:
                             listener(stream, data)
                         except Exception:
                             log.exception("output listener failed")
+        except Exception:
+            log.exception("relaying the output of %s", process.id)
         finally:
-            if oom_fd is not None:
-                selector.unregister(oom_fd)
-                c.cgroup.close_oom_notifier()
-            selector.close()
-            if log_file:
-                log_file.close()
-            if process.stdin_fd is not None:
-                try:
+            try:
+                if oom_fd is not None:
+                    cgroup.close_oom_notifier()
+                selector.close()
+                if log_file:
+                    log_file.close()
+                if process.stdin_fd is not None:
                     os.close(process.stdin_fd)
-                except OSError:
-                    pass
-                process.stdin_fd = None
-        self._mark(c, process, pumped=True)
+                    process.stdin_fd = None
+            except OSError:
+                log.exception("closing the streams of %s", process.id)
+            # Whatever happened above, the process must still be finished.
+            self._mark(c, process, pumped=True)
 
     def on_status_line(self, c: Container, process: Process, line: bytes) -> None:
         try:
@@ -661,20 +664,26 @@ class Runtime:
                       signal=signal.Signals(sig).name if sig else None, error=process.error)
             process.done.set()
             return
-        oom = self.check_oom(c) and sig == signal.SIGKILL
-        self.check_pids(c)
-        status = ExitStatus(code, sig, oom_killed=oom, timed_out=c.timed_out and not oom,
-                            error=process.error)
-        process.status = c.status = status
-        c.state = "exited"
-        c.finished_at = time.time()
-        self.emit("process.exited", c, pid=process.pid, exit_code=code,
-                  signal=signal.Signals(sig).name if sig else None, oom_killed=status.oom_killed,
-                  timed_out=status.timed_out, error=process.error, describe=status.describe(),
-                  runtime_seconds=round(c.finished_at - (c.started_at or c.finished_at), 6))
-        # Waiters learn the exit first; the clean-up follows (remove() waits for it).
-        process.done.set()
-        c.stopped.set()
+        try:
+            oom = self.check_oom(c) and sig == signal.SIGKILL
+            self.check_pids(c)
+            status = ExitStatus(code, sig, oom_killed=oom, timed_out=c.timed_out and not oom,
+                                error=process.error)
+            process.status = c.status = status
+            c.state = "exited"
+            c.finished_at = time.time()
+            self.emit("process.exited", c, pid=process.pid, exit_code=code,
+                      signal=signal.Signals(sig).name if sig else None, oom_killed=status.oom_killed,
+                      timed_out=status.timed_out, error=process.error, describe=status.describe(),
+                      runtime_seconds=round(c.finished_at - (c.started_at or c.finished_at), 6))
+        except Exception as exc:
+            log.exception("finishing %s", c.id)
+            process.status = c.status = ExitStatus(code, sig, error=f"internal error: {exc}")
+            c.state = "exited"
+        finally:
+            # Waiters learn the exit first; the clean-up follows (remove() waits for it).
+            process.done.set()
+            c.stopped.set()
         self.release(c)
 
     def time_out(self, c: Container) -> None:

@@ -4,6 +4,11 @@ A container's writable layer dies with the container; a volume is a directory
 the engine keeps (``<state>/volumes/<host>/<name>/_data``) and mounts into
 containers. Its data belongs to the container's mapped root on disk, so
 container root can write it, and nothing in it is host root's.
+
+Only host root may enter the volumes directory: the runtime opens a volume as
+root (``open_tree``), so no container needs the path, and a host user who could
+reach it would read students' data and run what they left there — a setuid
+file in a volume makes its runner the mapped root of every container.
 """
 from __future__ import annotations
 
@@ -52,6 +57,8 @@ class VolumeStore:
         self.root = Path(root)
         self.owner = owner
         self._lock = threading.Lock()
+        if self.root.is_dir():  # made by an engine that still let host users in (0711)
+            os.chmod(self.root, 0o700)
 
     def _dir(self, name: str) -> Path:
         if not VOLUME_NAME.match(name or ""):
@@ -68,11 +75,11 @@ class VolumeStore:
             if (directory / "volume.json").exists():
                 return self.get(name), False
             self.root.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.root, 0o711)  # the container's root must reach _data, nothing more
+            os.chmod(self.root, 0o700)  # host root only (see the module's docstring)
             tmp = self.root / f".{name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "_data").mkdir(parents=True)
-            os.chmod(tmp, 0o711)
+            os.chmod(tmp, 0o700)
             os.chown(tmp / "_data", self.owner, self.owner)
             record = {"created": time.time(), "labels": labels or {}, "anonymous": anonymous}
             (tmp / "volume.json").write_text(json.dumps(record))
@@ -101,5 +108,7 @@ class VolumeStore:
                               f"{', '.join(users)}: remove {'them' if len(users) > 1 else 'it'} first")
         directory = self._dir(name)
         trash = self.root / f".{name}.removing"
+        # A removal killed half-way leaves its trash; renaming onto it would fail.
+        shutil.rmtree(trash, ignore_errors=True)
         os.rename(directory, trash)  # gone at once for everyone; the data follows
         shutil.rmtree(trash, ignore_errors=True)

@@ -125,6 +125,7 @@ class Zygote:
         self.sock = sock
         self.seccomp_bpf = b""
         self.children: dict[int, str] = {}     # pid -> container or exec id we report on
+        self.helpers: set[int] = set()          # our helpers: their exits are nobody's news
         self.early_exits: dict[int, int] = {}   # reaped before we knew whose it was
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         os.set_blocking(wake_w, False)
@@ -204,6 +205,7 @@ class Zygote:
             os._exit(125)  # not reached
         os.close(sync_w)
         os.close(go_r)
+        self.helpers.add(pid)
         status = StatusPipe(named["status"])
         try:
             if message["op"] == "start":
@@ -239,6 +241,8 @@ class Zygote:
                 return
             if pid in self.children:
                 self.report_exit(pid, status)
+            elif pid in self.helpers:
+                self.helpers.discard(pid)
             else:
                 # A helper, or a PID 1 whose helper's report we haven't read yet.
                 self.early_exits[pid] = status
