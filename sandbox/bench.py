@@ -23,6 +23,8 @@ from sandbox.runtime import ContainerConfig
 def main(args) -> int:
     if args.name == "start":
         figures = bench_start(args.n, args.state_dir)
+    elif args.name == "build":
+        figures = bench_build(args.state_dir)
     else:
         raise SystemExit(f"unknown benchmark {args.name}")
     print(json.dumps(figures))
@@ -140,3 +142,90 @@ def idle_memory(engine: Engine, count: int = 10) -> dict:
         engine.remove(c, force=True)
     return {"cgroup_bytes": cgroup_bytes, "pss_bytes": pss_bytes,
             "host_bytes_per_container": max(0, (before - after) // count), "containers": count}
+
+
+BENCH_DOCKERFILE = """\
+FROM busybox
+ENV STAGE=bench
+WORKDIR /app
+COPY app.txt .
+RUN echo "$STAGE" > stage.txt
+COPY data/ /data/
+RUN cat /data/* | wc -c > size.txt
+RUN mkdir -p /out && cp stage.txt size.txt /out/
+RUN ls -la /out > listing.txt
+CMD ["cat", "/out/size.txt"]
+"""
+
+
+def bench_build(state_dir: str | None, rounds: int = 5) -> dict:
+    """``build``: a 10-step Dockerfile cold and fully cached; one cache hit; commit vs tar."""
+    from sandbox.builder import BuildOptions
+
+    workdir = Path(tempfile.mkdtemp(prefix="glassbox-bench-"))
+    engine = Engine(state_dir or workdir / "state")
+    try:
+        context = workdir / "context"
+        (context / "data").mkdir(parents=True)
+        (context / "Dockerfile").write_text(BENCH_DOCKERFILE)
+        (context / "app.txt").write_text("app\n")
+        for i in range(10):
+            (context / "data" / f"part{i}").write_bytes(os.urandom(64 * 1024))
+        engine.build(context, BuildOptions(tags=["warmup"], no_cache=True))  # warm the page cache
+        cold, cached, hits = [], [], []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            engine.build(context, BuildOptions(tags=["bench"], no_cache=True))
+            cold.append(time.perf_counter() - t0)
+            seen = []
+            unsubscribe = engine.bus.subscribe(lambda e: seen.append((time.perf_counter(), e.kind)))
+            t0 = time.perf_counter()
+            engine.build(context, BuildOptions(tags=["bench"]))
+            cached.append(time.perf_counter() - t0)
+            unsubscribe()
+            # A hit's cost: from its step's announcement to the next one.
+            for (t, kind), (t_next, _) in zip(seen, seen[1:]):
+                if kind == "build.step":
+                    hits.append(t_next - t)
+        commit, tar = bench_commit(engine, workdir)
+    finally:
+        engine.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    cold_s, cached_s, hit_s = summary(cold), summary(cached), summary(hits)
+    ratio = round(cached_s["median_ms"] / cold_s["median_ms"], 4)
+    commit_s, tar_s = summary(commit), summary(tar)
+    commit_ratio = round(commit_s["median_ms"] / tar_s["median_ms"], 3)
+    print(f"10-step build, cold (--no-cache): median {cold_s['median_ms']} ms (n={rounds})")
+    print(f"10-step build, fully cached: median {cached_s['median_ms']} ms; ratio {ratio} (target <= 0.10)")
+    print(f"one cached step (cache lookup, COPY checksum included): median {hit_s['median_ms']} ms, "
+          f"max {hit_s['max_ms']} ms (target <= 5 ms)")
+    print(f"commit of a container with 20 MB of changes: median {commit_s['median_ms']} ms; "
+          f"tar of the same upper dir: {tar_s['median_ms']} ms; ratio {commit_ratio}")
+    return {"bench": "build", "cold": cold_s, "cached": cached_s, "ratio": ratio,
+            "cache_hit": hit_s, "commit_20mb": commit_s, "tar_20mb": tar_s,
+            "commit_tar_ratio": commit_ratio}
+
+
+def bench_commit(engine: Engine, workdir: Path, rounds: int = 5) -> tuple[list[float], list[float]]:
+    """engine.commit of 20 MB of changes against GNU tar of the same upper dir to a file."""
+    c = engine.create(ContainerConfig("busybox", ["sh", "-c", "mkdir /payload && for i in $(seq 1 20); do "
+                                      "head -c 1048576 /dev/urandom > /payload/f$i; done"]))
+    engine.start(c)
+    engine.wait(c)
+    commit, tar = [], []
+    upper = c.rw_dir / "upper"
+    for i in range(rounds):
+        t0 = time.perf_counter()
+        image = engine.commit(c, f"committed:{i}")
+        commit.append(time.perf_counter() - t0)
+        target = workdir / f"upper-{i}.tar"
+        t0 = time.perf_counter()
+        subprocess.run(["tar", "-cf", str(target), "-C", str(upper), "."], check=True)
+        with open(target, "rb") as f:
+            os.fsync(f.fileno())  # the commit's blob is on disk too
+        tar.append(time.perf_counter() - t0)
+        target.unlink()
+        engine.images.untag(image.name)
+    engine.remove(c)
+    engine.gc()
+    return commit, tar

@@ -74,8 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks (last line: JSON figures)")
     state(bench)
-    bench.add_argument("name", choices=["start"])
+    bench.add_argument("name", choices=["start", "build"])
     bench.add_argument("-n", type=int, default=30)
+
+    build = sub.add_parser("build", help="build an image from a Dockerfile")
+    state(build)
+    build.add_argument("-t", "--tag", action="append", default=[])
+    build.add_argument("-f", "--file", default="Dockerfile")
+    build.add_argument("--build-arg", action="append", default=[], type=parse_env)
+    build.add_argument("--target")
+    build.add_argument("--no-cache", action="store_true")
+    build.add_argument("context")
+
+    fsck = sub.add_parser("fsck", help="verify every blob's digest and every reference")
+    state(fsck)
     return parser
 
 
@@ -95,7 +107,50 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from sandbox import bench
         return bench.main(args)
+    if args.command == "build":
+        return command_build(args)
+    if args.command == "fsck":
+        return command_fsck(args)
     return 2
+
+
+def command_build(args) -> int:
+    from sandbox.builder import BuildError, BuildOptions
+    from sandbox.engine import Engine, EngineError
+    try:
+        engine = Engine(args.state_dir)
+    except EngineError as exc:
+        print(f"glassbox: {exc}", file=sys.stderr)
+        return 1
+    options = BuildOptions(tags=args.tag, dockerfile=args.file, target=args.target,
+                           no_cache=args.no_cache,
+                           build_args=dict(a.split("=", 1) for a in args.build_arg))
+    try:
+        engine.build(args.context, options, lambda line: (sys.stdout.write(line), sys.stdout.flush()))
+        return 0
+    except (BuildError, EngineError, ValueError) as exc:
+        print(f"glassbox: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.close()
+
+
+def command_fsck(args) -> int:
+    """Read-only: safe while a daemon runs on the same state dir."""
+    from sandbox.engine import state_dir_from_env
+    from sandbox.images import ImageStore
+    store = ImageStore(state_dir_from_env(args.state_dir))
+    problems = store.fsck()
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"glassbox fsck: {len(problems)} problem{'s' if len(problems) > 1 else ''} in {store.root}")
+        return 1
+    blobs = len(list(store.blobs.iterdir())) if store.blobs.is_dir() else 0
+    print(f"glassbox fsck: {store.root} is consistent ({blobs} blobs, "
+          f"{sum(len(store._index(layout).get('manifests', [])) for layout in store.layouts())} "
+          "image references, every digest verified)")
+    return 0
 
 
 def command_run(args) -> int:

@@ -16,12 +16,17 @@ import os
 import re
 import secrets
 import shutil
+import tarfile
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
-from sandbox import cgroups, linux
+from sandbox import cgroups, linux, tree
+from sandbox.archive import UnsafeArchiveError, extract_layer
 from sandbox.events import EventBus
+from sandbox.transfer import export_docker_archive, import_docker_archive, import_oci
 from sandbox.commit import write_upper_as_layer
 from sandbox.images import rfc3339 as images_rfc3339
 from sandbox.images import Conflict as ImageConflict
@@ -375,6 +380,56 @@ class Engine:
         """``docker build``: see sandbox/builder.py (options: a builder.BuildOptions)."""
         from sandbox.builder import Builder
         return Builder(self).build(Path(context), options, out)
+
+    def build_context(self, context: Path | BinaryIO, options, out=lambda line: None) -> Image:
+        """A build from a directory, or from a tar stream (what ``docker build`` sends)."""
+        if isinstance(context, (str, os.PathLike)) and Path(context).is_dir():
+            return self.build(Path(context), options, out)
+        scratch = Path(tempfile.mkdtemp(prefix=".context-", dir=self.state_dir))
+        try:
+            try:
+                extract_layer(context, scratch / "context", overlay_whiteouts=False)
+            except (UnsafeArchiveError, tarfile.TarError) as exc:
+                raise EngineError(f"invalid build context: {exc}") from None
+            return self.build(scratch / "context", options, out)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def export_images(self, refs: list[str], out: BinaryIO) -> None:
+        """``docker save``: a tar that is both an OCI layout and Docker's legacy format."""
+        try:
+            export_docker_archive(self.images, refs, out)
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+        self.bus.emit("image.exported", {"images": refs}, {"format": "docker-archive+oci"},
+                      host=self.host)
+
+    def import_images(self, source: Path | BinaryIO, name: str | None = None) -> list[Image]:
+        """``docker load``: a ``docker save`` tar, an OCI layout dir or a tar of one."""
+        try:
+            if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+                images = import_oci(self.images, Path(source), name)
+            else:
+                images = import_docker_archive(self.images, source, name)
+        except ValueError as exc:
+            raise EngineError(f"invalid image archive: {exc}") from None
+        for image in images:
+            self.bus.emit("image.imported", {"image": image.id},
+                          {"name": image.name, "layers": len(image.layers)}, host=self.host)
+        return images
+
+    def tree(self) -> dict:
+        """The image tree for the browser: graph JSON plus its Graphviz layout."""
+        graph = self.tree_graph()
+        return {"graph": tree.to_json(graph), "layout": tree.layout(graph)}
+
+    def tree_graph(self):
+        images = [tree.ImageInfo(i.name, i.id, i.diff_ids, i.config.get("history", []), i.layers)
+                  for i in self.images.list(dangling=True)]
+        containers = [tree.ContainerInfo(c.id, c.name, c.image.id, c.state,
+                                         c.rw_dir / "upper" if (c.rw_dir / "upper").is_dir() else None)
+                      for c in self.list()]
+        return tree.build_graph(images, containers)
 
     # ------------------------------------------------------------------ lookup
 

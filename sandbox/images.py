@@ -434,12 +434,15 @@ class ImageStore:
         return descriptor, descriptor["digest"]
 
     def put_image(self, config: dict, layers: list[dict], name: str | None = None,
-                  keep: bool = False) -> Image:
+                  keep: bool = False, config_bytes: bytes | None = None) -> Image:
         """Writes config and manifest (layer blobs must be stored), unpacks, tags.
 
         Untagged, the image is kept (listed as dangling) only with ``keep``;
-        otherwise it lives as long as something else refers to it.
+        otherwise it lives as long as something else refers to it. ``config_bytes``:
+        the config exactly as another tool wrote it, so the image keeps its id.
         """
+        if config_bytes is not None and json.loads(config_bytes) != config:
+            raise ValueError("config_bytes do not hold the given config")
         diff_ids = config.get("rootfs", {}).get("diff_ids", [])
         history = [h for h in config.get("history", []) if not h.get("empty_layer")]
         if len(diff_ids) != len(layers) or (config.get("history") and len(history) != len(diff_ids)):
@@ -447,7 +450,7 @@ class ImageStore:
                              f"{len(history)} history entries that made a layer")
         with self._lock():
             self._init_layout()
-            descriptor = self._put_image(config, layers)
+            descriptor = self._put_image(config, layers, config_bytes)
             if name:
                 self._add_refs({check_reference(name): descriptor})
             elif keep and all(m["digest"] != descriptor["digest"] for m in self._index().get("manifests", [])):
@@ -457,13 +460,14 @@ class ImageStore:
                 _write_atomically(self.oci / "index.json", canonical_json(index))
         return self._load(normalize_name(name) if name else None, descriptor)
 
-    def _put_image(self, config: dict, layers: list[dict]) -> dict:
+    def _put_image(self, config: dict, layers: list[dict], config_bytes: bytes | None = None) -> dict:
         """Writes the config and manifest blobs (layers must be stored); returns the manifest's descriptor."""
         for chain, layer in zip(chain_ids(config["rootfs"]["diff_ids"]), layers):
             path = self.layer_dir(chain)
             if not path.is_dir():
                 extract_layer(self.blob_path(layer["digest"]), path)
-        config_desc = self.put_blob(canonical_json(config), MEDIA_CONFIG)
+        config_desc = self.put_blob(config_bytes if config_bytes is not None else canonical_json(config),
+                                    MEDIA_CONFIG)
         manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
                     "config": config_desc, "layers": layers}
         return self.put_blob(canonical_json(manifest), MEDIA_MANIFEST)

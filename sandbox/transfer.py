@@ -351,6 +351,7 @@ class _Plan:
     full_names: list[str]   # names it carries ("docker.io/library/busybox:latest")
     bare_tag: str | None    # or only a tag ("latest")
     names: list[str] = dataclasses.field(default_factory=list)
+    config_bytes: bytes | None = None  # as the source wrote them: the image id is their digest
 
 
 def _wanted_platform(spec: str | None) -> tuple[str, str, str | None]:
@@ -461,7 +462,8 @@ def _plan_manifest(src, desc: dict, where: str) -> _Plan | None:
     if len(diff_ids) != len(planned):
         raise ValueError(f"{where}: counts disagree: the config has {len(diff_ids)} diff_ids, "
                          f"the manifest {len(planned)} layers")
-    return _Plan(desc["digest"], where, config, diff_ids, planned, [], None)
+    raw = _read(src, _blob_path(config_desc["digest"]), config_where)
+    return _Plan(desc["digest"], where, config, diff_ids, planned, [], None, config_bytes=raw)
 
 
 def _oci_plans(src, wanted: tuple) -> list[_Plan]:
@@ -533,7 +535,8 @@ def _legacy_plans(src) -> list[_Plan]:
         tags = item.get("RepoTags") or []
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise ValueError(f"{iwhere}: 'RepoTags' must be a list of names")
-        plan = plans.setdefault(digest, _Plan(digest, iwhere, config, diff_ids, layers, [], None))
+        plan = plans.setdefault(digest, _Plan(digest, iwhere, config, diff_ids, layers, [], None,
+                                              config_bytes=raw))
         plan.full_names += tags
     return list(plans.values())
 
@@ -637,7 +640,8 @@ def _store_plans(store: ImageStore, src, plans: list[_Plan]) -> list[Image]:
             ready.append((plan, descriptors))
         for plan, descriptors in ready:
             for name in plan.names:
-                images.append(store.put_image(plan.config, descriptors, name))
+                images.append(store.put_image(plan.config, descriptors, name,
+                                              config_bytes=plan.config_bytes))
     return images
 
 

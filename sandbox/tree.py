@@ -35,6 +35,8 @@ from typing import Iterable, Iterator
 import graphviz
 import networkx as nx
 
+from sandbox.images import chain_ids  # noqa: F401 (part of this module's interface)
+
 SCRATCH = "scratch"
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -65,16 +67,6 @@ class ContainerInfo:
 
 
 # ---------------------------------------------------------------- the graph
-
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """ChainID(L0) = DiffID(L0); ChainID(L0..n) = sha256(ChainID(L0..n-1) + " " + DiffID(Ln))."""
-    chain: list[str] = []
-    for diff_id in diff_ids:
-        if chain:
-            diff_id = "sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest()
-        chain.append(diff_id)
-    return chain
-
 
 def layer_node(chain_id: str) -> str:
     return f"layer:{chain_id}"
