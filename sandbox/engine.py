@@ -387,6 +387,10 @@ class Engine:
             return self.build(Path(context), options, out)
         scratch = Path(tempfile.mkdtemp(prefix=".context-", dir=self.state_dir))
         try:
+            if not isinstance(context, (str, os.PathLike)):
+                with open(scratch / "context.tar", "wb") as spool:
+                    shutil.copyfileobj(context, spool, 1 << 20)
+                context = scratch / "context.tar"
             try:
                 extract_layer(context, scratch / "context", overlay_whiteouts=False)
             except (UnsafeArchiveError, tarfile.TarError) as exc:

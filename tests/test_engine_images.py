@@ -1,0 +1,102 @@
+"""The image features through the engine and the glassbox command: the tree of
+real images and containers, save/load, a tar build context, fsck, build."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from sandbox import tree
+from sandbox.builder import BuildOptions
+from sandbox.runtime import ContainerConfig
+
+GLASSBOX = str(Path(sys.executable).parent / "glassbox")
+
+
+def build(engine, context: Path, dockerfile: str, tag: str):
+    context.mkdir(exist_ok=True)
+    (context / "Dockerfile").write_text(dockerfile)
+    return engine.build(context, BuildOptions(tags=[tag]))
+
+
+def test_the_tree_of_real_images_and_containers(engine, state_dir):
+    app1 = build(engine, state_dir / "c1", "FROM busybox\nRUN echo one > /one\n", "app1")
+    app2 = build(engine, state_dir / "c2", "FROM app1\nRUN echo two > /two\n", "app2")
+    other = build(engine, state_dir / "c3", "FROM busybox\nRUN echo other > /other\n", "other")
+    c = engine.create(ContainerConfig("app2", ["true"]))
+    graph = engine.tree_graph()
+    busybox_layer = tree.layer_node(engine.images.get("busybox").diff_ids[0])
+    # Pull needs the branch: busybox's layer, app1's, app2's, in order.
+    assert [n for n in tree.ancestors(graph, tree.image_node(app2.id)) if n.startswith("layer:")] == \
+        [tree.layer_node(chain) for chain in tree.chain_ids(app2.diff_ids)]
+    assert tree.shared_layers(graph, tree.image_node(app2.id), tree.image_node(other.id)) == [busybox_layer]
+    # A vulnerable /bin/busybox marks every image built on it, and the container.
+    vulnerable = tree.layers_containing(
+        [tree.ImageInfo(i.name, i.id, i.diff_ids, i.config.get("history", []), i.layers)
+         for i in engine.images.list()], path="/bin/busybox")
+    assert vulnerable == [busybox_layer]
+    hit = tree.affected(graph, vulnerable)
+    assert {tree.image_node(i.id) for i in (app1, app2, other)} <= set(hit["images"])
+    assert tree.container_node(c.id) in hit["containers"]
+    # Only app2 and its container stand on app2's own layer.
+    top = [tree.layer_node(tree.chain_ids(app2.diff_ids)[-1])]
+    assert tree.affected(graph, top)["images"] == [tree.image_node(app2.id)]
+    drawn = engine.tree()
+    assert {n["id"] for n in drawn["graph"]["nodes"]} == set(drawn["layout"]["nodes"])
+    json.dumps(drawn)
+
+
+def test_save_and_load_through_the_engine(engine, state_dir, events):
+    build(engine, state_dir / "c", "FROM busybox\nRUN echo saved > /saved\n", "saved:v1")
+    archive = io.BytesIO()
+    engine.export_images(["saved:v1"], archive)
+    engine.remove_image("saved:v1")
+    archive.seek(0)
+    [image] = engine.import_images(archive)
+    assert image.name == "saved:v1"
+    chunks = []
+    engine.run(ContainerConfig("saved:v1", ["cat", "/saved"], auto_remove=True), lambda s, d: chunks.append(d))
+    assert b"".join(chunks) == b"saved\n"
+    kinds = [e.kind for e in events]
+    assert "image.exported" in kinds and "image.imported" in kinds
+
+
+def test_a_build_context_can_be_a_tar_stream(engine, events):
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name, data in (("Dockerfile", b"FROM busybox\nCOPY hello /hello\nCMD [\"cat\", \"/hello\"]\n"),
+                           ("hello", b"from a tar\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    archive.seek(0)
+    engine.build_context(archive, BuildOptions(tags=["fromtar"]))
+    chunks = []
+    engine.run(ContainerConfig("fromtar", None, auto_remove=True), lambda s, d: chunks.append(d))
+    assert b"".join(chunks) == b"from a tar\n"
+
+
+def test_glassbox_build_and_fsck_commands(state_dir, host_unchanged):
+    state = state_dir / "state"
+    context = state_dir / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM busybox\nRUN echo hi > /hi\n")
+    result = subprocess.run([GLASSBOX, "build", "--state-dir", str(state), "-t", "cli:v1", str(context)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Step 2/2 : RUN echo hi > /hi" in result.stdout and "Successfully tagged cli:v1" in result.stdout
+    result = subprocess.run([GLASSBOX, "fsck", "--state-dir", str(state)], capture_output=True, text=True)
+    assert result.returncode == 0 and "is consistent" in result.stdout
+    # A crash mid-write (a partial blob) and a corrupted blob are both named.
+    blobs = state / "oci" / "blobs" / "sha256"
+    (blobs / ".tmp-crashed").write_bytes(b"half a layer")
+    victim = max(blobs.iterdir(), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    result = subprocess.run([GLASSBOX, "fsck", "--state-dir", str(state)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert ".tmp-crashed" in result.stdout and f"blob sha256:{victim.name} is corrupt" in result.stdout
