@@ -598,7 +598,7 @@ def validate_command(config: ContainerConfig, policy: Policy) -> None:
 
 
 def committed_config(parent: dict, c: Container, layer_diff_id: str, author: str, message: str,
-                     changes: dict) -> dict:
+                     changes: dict | list[str]) -> dict:
     """The new image's config: the container's own settings on top of its image's,
     ``changes`` on top of those (CMD, ENV, … as ``docker commit --change`` sets them)."""
     now = images_rfc3339(time.time())
@@ -612,8 +612,10 @@ def committed_config(parent: dict, c: Container, layer_diff_id: str, author: str
         run_config["WorkingDir"] = c.config.workdir
     if c.config.user:
         run_config["User"] = c.config.user
+    if isinstance(changes, (list, tuple)):
+        changes = changes_from_instructions(list(changes), run_config)
     allowed = {"Cmd", "Entrypoint", "Env", "WorkingDir", "User", "Labels", "ExposedPorts",
-               "Volumes", "StopSignal"}
+               "Volumes", "StopSignal", "OnBuild"}
     unknown = set(changes) - allowed
     if unknown:
         raise EngineError(f"can't change {', '.join(sorted(unknown))} in a commit "
@@ -633,3 +635,49 @@ def committed_config(parent: dict, c: Container, layer_diff_id: str, author: str
     if author:
         config["author"] = author
     return config
+
+
+COMMIT_INSTRUCTIONS = ("cmd", "entrypoint", "env", "expose", "label", "onbuild", "user",
+                       "volume", "workdir", "stopsignal")
+
+
+def changes_from_instructions(lines: list[str], current: dict) -> dict:
+    """``docker commit --change 'CMD ["x"]'``: Dockerfile instructions as config changes."""
+    from sandbox import dockerfile as df
+    changes: dict = {}
+    view = dict(current)
+    for line in lines:
+        try:
+            [instruction] = df.parse(line).instructions
+            df.check_instruction(instruction)
+        except (df.DockerfileError, ValueError) as exc:
+            raise EngineError(f"invalid change {line!r}: {exc}") from None
+        cmd = instruction.cmd
+        if cmd not in COMMIT_INSTRUCTIONS:
+            raise EngineError(f"{cmd.upper()} is not a change a commit can make "
+                              f"(allowed: {', '.join(c.upper() for c in COMMIT_INSTRUCTIONS)})")
+        if cmd in ("cmd", "entrypoint"):
+            value = list(instruction.args) if instruction.json else ["/bin/sh", "-c", instruction.args[0]]
+            changes["Cmd" if cmd == "cmd" else "Entrypoint"] = value
+        elif cmd == "env":
+            env = dict(item.split("=", 1) for item in view.get("Env") or [] if "=" in item)
+            env.update(df.env_pairs(instruction))
+            changes["Env"] = view["Env"] = [f"{k}={v}" for k, v in env.items()]
+        elif cmd == "label":
+            labels = dict(view.get("Labels") or {})
+            labels.update(df.env_pairs(instruction))
+            changes["Labels"] = view["Labels"] = labels
+        elif cmd == "expose":
+            ports = dict(view.get("ExposedPorts") or {})
+            ports.update({p if "/" in p else f"{p}/tcp": {} for p in instruction.args})
+            changes["ExposedPorts"] = view["ExposedPorts"] = ports
+        elif cmd == "volume":
+            volumes = dict(view.get("Volumes") or {})
+            volumes.update({p: {} for p in instruction.args})
+            changes["Volumes"] = view["Volumes"] = volumes
+        elif cmd == "onbuild":
+            changes["OnBuild"] = view["OnBuild"] = list(view.get("OnBuild") or []) + [instruction.args[0]]
+        else:
+            key = {"user": "User", "workdir": "WorkingDir", "stopsignal": "StopSignal"}[cmd]
+            changes[key] = instruction.args[0]
+    return changes

@@ -100,3 +100,25 @@ def test_glassbox_build_and_fsck_commands(state_dir, host_unchanged):
     result = subprocess.run([GLASSBOX, "fsck", "--state-dir", str(state)], capture_output=True, text=True)
     assert result.returncode == 1
     assert ".tmp-crashed" in result.stdout and f"blob sha256:{victim.name} is corrupt" in result.stdout
+
+
+def test_commit_takes_changes_as_docker_commit_does(engine):
+    c = engine.create(ContainerConfig("busybox", ["sh", "-c", "echo data > /data.txt"]))
+    engine.start(c)
+    engine.wait(c)
+    image = engine.commit(c, "changed:v1", author="teacher", message="lesson 7",
+                          changes=['CMD ["cat", "/data.txt"]', "ENV MODE=committed", "EXPOSE 8080",
+                                   "LABEL lesson=7", "WORKDIR /srv"])
+    config = image.config["config"]
+    assert config["Cmd"] == ["cat", "/data.txt"] and "MODE=committed" in config["Env"]
+    assert config["ExposedPorts"] == {"8080/tcp": {}} and config["Labels"] == {"lesson": "7"}
+    assert config["WorkingDir"] == "/srv"
+    assert image.config["history"][-1]["comment"] == "lesson 7"
+    assert image.config["history"][-1]["author"] == "teacher"
+    chunks = []
+    engine.run(ContainerConfig("changed:v1", None, auto_remove=True), lambda s, d: chunks.append(d))
+    assert b"".join(chunks) == b"data\n"
+    import pytest
+    from sandbox.engine import EngineError
+    with pytest.raises(EngineError, match="RUN is not a change a commit can make"):
+        engine.commit(c, "bad", changes=["RUN true"])
