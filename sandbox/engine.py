@@ -90,13 +90,22 @@ def host_dir_name(host: str) -> str:
     return host or "default"
 
 
-def cgroup_root_name(state_dir: Path) -> str:
-    """The parent cgroup of one state dir's containers (unique per state dir)."""
-    tag = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:10]
-    return f"glassbox-{tag}"
+def cgroup_root_name(state_dir: Path, host: str = "default") -> str:
+    """The parent cgroup of one Docker host's containers (unique per state dir and host)."""
+    key = str(Path(state_dir).resolve()) + ("" if host_dir_name(host) == "default" else f"\0{host}")
+    return f"glassbox-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
 class Engine:
+    """One Docker host: its images, containers, volumes and events.
+
+    Several hosts (a student's ``node1`` and ``node2``, or a classroom's
+    students) share a state dir: blobs and unpacked layers are shared on disk,
+    everything else — tags, containers, volumes, cgroups, the lock — is each
+    host's own. Give each host its own ``uid_base`` so that their containers'
+    root users are different host uids.
+    """
+
     def __init__(self, state_dir: str | os.PathLike | None = None, host: str = "",
                  uid_base: int = 100000, sample_interval: float = 0.5,
                  policy: Policy | None = None):
@@ -107,26 +116,28 @@ class Engine:
         self.state_dir = Path(state_dir) if state_dir else state_dir_from_env()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o711)
-        self._lock_file = open(self.state_dir / "engine.lock", "w")
+        name = host_dir_name(host)
+        self._lock_file = open(self.state_dir / ("engine.lock" if name == "default" else f"engine-{name}.lock"), "w")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close()
-            raise EngineError(f"another Glassbox engine is using {self.state_dir}; stop it "
-                              "or choose another --state-dir", 409) from None
+            raise EngineError(f"another Glassbox engine is using {self.state_dir} for host {name}; "
+                              "stop it or choose another --state-dir", 409) from None
         self.host = host
         self.policy = policy or Policy()
         self.bus = EventBus()
         self.images = ImageStore(self.state_dir, host_dir_name(host))
         self.images.ensure_base_images()
-        self.cgroup_root = cgroup_root_name(self.state_dir)
+        self.cgroup_root = cgroup_root_name(self.state_dir, name)
         self.cgroups = cgroups.detect(self.cgroup_root)
         self.volumes = VolumeStore(self.state_dir / "volumes" / host_dir_name(host), uid_base)
-        self.containers_dir = self.state_dir / "containers"
-        self.containers_dir.mkdir(exist_ok=True)
+        self.containers_dir = self.state_dir / "containers" / name
+        self.containers_dir.mkdir(parents=True, exist_ok=True)
         self.reconcile()
         self.cgroups = cgroups.detect(self.cgroup_root)  # remove_all took the root group too
-        self.runtime = Runtime(self.state_dir, self.bus, self.cgroups, uid_base=uid_base, host=host)
+        self.runtime = Runtime(self.state_dir, self.bus, self.cgroups, uid_base=uid_base, host=host,
+                               idmap_dir=self.state_dir / f"idmap-{name}")
         self.containers: dict[str, Container] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -140,11 +151,13 @@ class Engine:
         """Removes what a killed engine left: processes, cgroups, mounts, dirs."""
         removed_cgroups = self.cgroups.remove_all()
         mounts = []
-        root = str(self.state_dir.resolve())
+        # Only this host's: another host on the same state dir may be running.
+        roots = [str(self.containers_dir.resolve()),
+                 str((self.state_dir / f"idmap-{host_dir_name(self.host)}").resolve())]
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 target = line.split()[4].replace("\\040", " ")
-                if target == root or target.startswith(root + "/"):
+                if any(target == root or target.startswith(root + "/") for root in roots):
                     mounts.append(target)
         for target in sorted(mounts, key=len, reverse=True):
             try:
@@ -154,7 +167,7 @@ class Engine:
         leftovers = [p.name for p in self.containers_dir.iterdir()]
         for path in self.containers_dir.iterdir():
             shutil.rmtree(path, ignore_errors=True)
-        shutil.rmtree(self.state_dir / "idmap", ignore_errors=True)
+        shutil.rmtree(self.state_dir / f"idmap-{host_dir_name(self.host)}", ignore_errors=True)
         found = {"cgroups": removed_cgroups, "mounts": mounts, "containers": leftovers}
         if any(found.values()):
             self.bus.emit("engine.reconciled", {"engine": str(self.state_dir)}, found, host=self.host)

@@ -240,7 +240,7 @@ class Runtime:
 
     def __init__(self, state_dir: Path, bus: EventBus, cgroups: CgroupDriver,
                  uid_base: int = 100000, uid_count: int = 65536, host: str = "",
-                 log_limit: int = 16 * MiB):
+                 log_limit: int = 16 * MiB, idmap_dir: Path | None = None):
         self.state_dir = state_dir
         self.bus = bus
         self.cgroups = cgroups
@@ -253,7 +253,7 @@ class Runtime:
         self.zygote.request("configure", seccomp_bpf=bpf.hex())
         reply, fds = self.zygote.request("userns", uid_map=self.id_map, gid_map=self.id_map)
         self.userns_fd = fds[0]
-        self.idmap_dir = state_dir / "idmap"
+        self.idmap_dir = idmap_dir or state_dir / "idmap"
         self.empty_layer = state_dir / "empty-layer"
         self.empty_layer.mkdir(exist_ok=True)
         self._idmapped: dict[Path, Path] = {}

@@ -205,7 +205,7 @@ def test_a_daemon_killed_mid_run_leaves_nothing_after_restart(state_dir, host_un
             time.sleep(0.05)
         assert not Path(f"/proc/{pid}").exists(), "the container's PID 1 survived"
         assert created["Id"] not in container_cgroups(state)
-        assert not (state / "containers" / created["Id"]).exists()
+        assert not (state / "containers" / "default" / created["Id"]).exists()
         _, listed = api(sock, "GET", "/containers/json?all=1")
         assert listed == []
     finally:

@@ -122,3 +122,27 @@ def test_commit_takes_changes_as_docker_commit_does(engine):
     from sandbox.engine import EngineError
     with pytest.raises(EngineError, match="RUN is not a change a commit can make"):
         engine.commit(c, "bad", changes=["RUN true"])
+
+
+def test_two_hosts_share_a_state_dir_but_not_their_images_or_containers(state_dir, host_unchanged):
+    from sandbox.engine import Engine
+    node1 = Engine(state_dir / "state", host="node1", uid_base=200000)
+    node2 = Engine(state_dir / "state", host="node2", uid_base=300000)
+    try:
+        build(node1, state_dir / "c", "FROM busybox\nRUN echo one > /one\n", "only-on-node1")
+        assert "only-on-node1:latest" in [i.name for i in node1.images.list()]
+        assert "only-on-node1:latest" not in [i.name for i in node2.images.list()]
+        # The busybox layer is one directory on disk for both hosts.
+        assert node1.images.get("busybox").layers == node2.images.get("busybox").layers
+        a = node1.create(ContainerConfig("busybox", ["sleep", "30"]))
+        b = node2.create(ContainerConfig("busybox", ["sleep", "30"]))
+        node1.start(a)
+        node2.start(b)
+        assert [c.id for c in node1.list()] == [a.id] and [c.id for c in node2.list()] == [b.id]
+        uids = {Path(f"/proc/{c.process.pid}/status").read_text().split("Uid:")[1].split()[0]
+                for c in (a, b)}
+        assert uids == {"200000", "300000"}  # each host's root is its own host uid
+        assert node1.cgroup_root != node2.cgroup_root
+    finally:
+        node1.close()
+        node2.close()
