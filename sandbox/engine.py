@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 from sandbox import cgroups, linux, tree
 from sandbox.archive import UnsafeArchiveError, extract_layer
+from sandbox.distribution import Distribution, DistributionError
 from sandbox.events import EventBus
 from sandbox.transfer import export_docker_archive, import_docker_archive, import_oci
 from sandbox.commit import write_upper_as_layer
@@ -129,6 +130,8 @@ class Engine:
         self.bus = EventBus()
         self.images = ImageStore(self.state_dir, host_dir_name(host))
         self.images.ensure_base_images()
+        self.distribution = Distribution(
+            self.images, lambda kind, subject, detail: self.bus.emit(kind, subject, detail, host=self.host))
         self.cgroup_root = cgroup_root_name(self.state_dir, name)
         self.cgroups = cgroups.detect(self.cgroup_root)
         self.volumes = VolumeStore(self.state_dir / "volumes" / host_dir_name(host), uid_base)
@@ -434,6 +437,27 @@ class Engine:
             self.bus.emit("image.imported", {"image": image.id},
                           {"name": image.name, "layers": len(image.layers)}, host=self.host)
         return images
+
+    def push(self, ref: str, destination: str, username: str | None = None,
+             password: str | None = None, progress=lambda p: None) -> dict:
+        """``docker push``: only the blobs the registry lacks move."""
+        try:
+            return self.distribution.push(ref, destination, username, password, progress)
+        except DistributionError as exc:
+            raise EngineError(str(exc), exc.status if 400 <= exc.status < 600 else 500) from None
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+
+    def pull(self, reference: str, username: str | None = None, password: str | None = None,
+             progress=lambda p: None) -> Image:
+        """``docker pull``: only the layers this host's cache lacks move."""
+        try:
+            image, _ = self.distribution.pull(reference, username, password, progress)
+        except DistributionError as exc:
+            raise EngineError(str(exc), exc.status if 400 <= exc.status < 600 else 500) from None
+        except ValueError as exc:
+            raise EngineError(f"pull of {reference} failed: {exc}") from None
+        return image
 
     def tree(self) -> dict:
         """The image tree for the browser: graph JSON plus its Graphviz layout."""
