@@ -36,7 +36,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from .archive import LayerEntry, _HashingWriter, extract_layer, write_layer_tar
+from .archive import LayerEntry, _HashingWriter, _fsync_dir, extract_layer, write_layer_tar
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -93,14 +93,6 @@ def normalize_name(name: str) -> str:
 def rfc3339(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(int(timestamp), datetime.timezone.utc) \
         .strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256_file(path: Path) -> str:
