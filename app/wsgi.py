@@ -18,4 +18,13 @@ def engine_socket_from_environment() -> str:
     return DEFAULT_ENGINE_SOCKET
 
 
-application = create_app({"ENGINE_SOCKET": engine_socket_from_environment()})
+def config_from_environment() -> dict:
+    config = {"ENGINE_SOCKET": engine_socket_from_environment()}
+    if os.environ.get("GLASSBOX_REGISTRY_ROOT"):
+        config["REGISTRY_ROOT"] = os.environ["GLASSBOX_REGISTRY_ROOT"]
+    if os.environ.get("GLASSBOX_REGISTRY_USERS_FILE"):
+        config["REGISTRY_USERS_FILE"] = os.environ["GLASSBOX_REGISTRY_USERS_FILE"]
+    return config
+
+
+application = create_app(config_from_environment())

@@ -45,7 +45,8 @@ def serve(state_dir: str | None, web: tuple[str, int] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
     log.info("engine %s (%s) on %s", engine.state_dir, engine.cgroups.name, path)
-    web_process = start_web(path, web, web_user) if web else None
+    registry = prepare_registry(engine.state_dir, web_user) if web else None
+    web_process = start_web(path, web, web_user, registry) if web else None
     try:
         while not stop.wait(1):
             if web_process and web_process.poll() is not None:
@@ -73,7 +74,16 @@ def web_identity() -> tuple[int, int] | None:
         return None
 
 
-def start_web(socket: Path, address: tuple[str, int], identity) -> subprocess.Popen:
+def prepare_registry(state_dir: Path, identity) -> Path:
+    """The classroom registry's storage: the web app's own (it runs unprivileged)."""
+    root = state_dir / "registry"
+    root.mkdir(mode=0o700, exist_ok=True)
+    if identity:
+        os.chown(root, *identity)
+    return root
+
+
+def start_web(socket: Path, address: tuple[str, int], identity, registry: Path | None = None) -> subprocess.Popen:
     host, port = address
     command = [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "100",
                "-b", f"{host}:{port}", "--no-control-socket", "--access-logfile", "-",
@@ -83,6 +93,8 @@ def start_web(socket: Path, address: tuple[str, int], identity) -> subprocess.Po
     else:
         log.warning("no '%s' user: the web app runs as root (run the setup to create it)", WEB_USER)
     env = dict(os.environ, GLASSBOX_ENGINE_SOCKET=str(socket))
+    if registry:
+        env["GLASSBOX_REGISTRY_ROOT"] = str(registry)
     root = Path(__file__).resolve().parent.parent
     log.info("web app on http://%s:%s", host, port)
     return subprocess.Popen(command, env=env, cwd=root)
