@@ -12,6 +12,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ def main(args) -> int:
         figures = bench_start(args.n, args.state_dir)
     elif args.name == "build":
         figures = bench_build(args.state_dir)
+    elif args.name == "distribution":
+        figures = bench_distribution()
     else:
         raise SystemExit(f"unknown benchmark {args.name}")
     print(json.dumps(figures))
@@ -229,3 +232,95 @@ def bench_commit(engine: Engine, workdir: Path, rounds: int = 5) -> tuple[list[f
     engine.remove(c)
     engine.gc()
     return commit, tar
+
+
+def serve_registry(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """The web app's registry under gunicorn on a free loopback port, as ``glassbox up`` runs it."""
+    import socket
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = {"REGISTRY_ROOT": str(root)}
+    checkout = Path(__file__).resolve().parent.parent
+    with open(log, "wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "8",
+                                   "--no-control-socket", "-b", f"127.0.0.1:{port}",
+                                   f"app:create_app({config!r})"], cwd=checkout, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2).read()
+            return server, f"127.0.0.1:{port}"
+        except OSError:
+            if server.poll() is not None:
+                break
+            time.sleep(0.1)
+    server.kill()
+    raise SystemExit(f"the registry did not start: {log.read_text()}")
+
+
+def bench_distribution(rounds: int = 5, size: int = 100 * 1000 * 1000) -> dict:
+    """``distribution``: pull of an image with a 100 MB layer vs skopeo copy of it, and a
+    repeated pull's bytes."""
+    import io
+    import tarfile as tarlib
+
+    workdir = Path(tempfile.mkdtemp(prefix="glassbox-bench-"))
+    server, registry = serve_registry(workdir / "registry", workdir / "registry.log")
+    pusher = Engine(workdir / "pusher")
+    try:
+        store = pusher.images
+        with store.lock():
+            with store.writing_layer() as (out, layer):
+                with tarlib.open(fileobj=out, mode="w|") as tar:
+                    info = tarlib.TarInfo("big.bin")
+                    info.size = size
+                    tar.addfile(info, io.BytesIO(os.urandom(size)))
+            base = store.get("busybox")
+            config = json.loads(json.dumps(base.config))
+            config["rootfs"]["diff_ids"].append(layer["digest"])
+            config["history"].append({"created_by": "bench: 100 MB of random bytes"})
+            store.put_image(config, list(base.manifest["layers"]) + [dict(layer)], "big:v1")
+        reference = f"{registry}/bench/big:v1"
+        pusher.push("big:v1", reference)
+        policy = workdir / "policy.json"
+        policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+        ours, skopeo, repeat_bytes = [], [], []
+        for i in range(rounds):
+            puller = Engine(workdir / f"puller-{i}")  # a fresh host: nothing of the layer on disk
+            try:
+                t0 = time.perf_counter()
+                _, stats = puller.distribution.pull(reference)
+                ours.append(time.perf_counter() - t0)
+                _, again = puller.distribution.pull(reference)
+                repeat_bytes.append(again["bytes_downloaded"] - config_size(puller, reference))
+            finally:
+                puller.close()
+                shutil.rmtree(workdir / f"puller-{i}", ignore_errors=True)
+            target = workdir / f"skopeo-{i}"
+            t0 = time.perf_counter()
+            subprocess.run(["skopeo", "--policy", str(policy), "copy", "--preserve-digests",
+                            "--src-tls-verify=false", f"docker://{reference}", f"oci:{target}:big"],
+                           check=True, capture_output=True)
+            skopeo.append(time.perf_counter() - t0)
+            shutil.rmtree(target, ignore_errors=True)
+    finally:
+        pusher.close()
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    ours_s, peer = summary(ours), summary(skopeo)
+    ratio = round(ours_s["median_ms"] / peer["median_ms"], 3)
+    print(f"pull of an image with a {size // 10**6} MB layer (download, verify, unpack): "
+          f"median {ours_s['median_ms']} ms (n={rounds})")
+    print(f"skopeo copy of the same image to an OCI directory: median {peer['median_ms']} ms")
+    print(f"ratio {ratio} (target <= 1.5); layer bytes moved by a repeated pull: {max(repeat_bytes)}")
+    return {"bench": "distribution", "pull": ours_s, "skopeo_copy": peer, "ratio": ratio,
+            "repeated_pull_layer_bytes": max(repeat_bytes)}
+
+
+def config_size(engine: Engine, reference: str) -> int:
+    image = engine.images.get(reference)
+    return image.manifest["config"]["size"]

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     state(up)
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--registry-users", help="JSON file of the classroom registry's users "
+                    "(without it the registry is open to loopback clients only)")
 
     daemon = sub.add_parser("daemon", help="the daemon alone")
     state(daemon)
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks (last line: JSON figures)")
     state(bench)
-    bench.add_argument("name", choices=["start", "build"])
+    bench.add_argument("name", choices=["start", "build", "distribution"])
     bench.add_argument("-n", type=int, default=30)
 
     build = sub.add_parser("build", help="build an image from a Dockerfile")
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args.state_dir)
     if args.command == "up":
         from sandbox.daemon import serve
+        if args.registry_users:
+            os.environ["GLASSBOX_REGISTRY_USERS_FILE"] = os.path.abspath(args.registry_users)
         return serve(args.state_dir, web=(args.host, args.port))
     if args.command == "bench":
         from sandbox import bench

@@ -233,6 +233,10 @@ def test_up_serves_the_status_page_from_the_real_daemon():
                 time.sleep(0.2)
         assert page is not None, "the web app did not answer"
         assert "busybox:latest" in page and "cgroupfs" in page
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=5) as reply:
+            assert reply.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+        # The registry's storage is the web app's own, inside the state dir.
+        assert (state_dir / "state" / "registry").is_dir()
     finally:
         stop(daemon)
         assert container_cgroups(state_dir / "state") == set()
