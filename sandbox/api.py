@@ -1,9 +1,10 @@
-"""The daemon's API on a unix socket: the Docker Engine API's shape and names.
+"""The daemon's API: the Docker Engine API, so the real docker CLI and docker-py drive it.
 
-This is the first slice — ping, version, info, images, and the container life
-cycle as JSON (create, start, wait, kill, inspect, delete). Attach, logs
-streams, exec and build come with the Docker CLI issue; the routing and error
-conventions here are the ones those will use.
+``api_base.py`` is the plumbing (routing, errors, bodies, streams, hijacks);
+this file holds the system and container routes; ``api_images.py`` the image,
+build and volume routes. One ``UnixHTTPServer`` per Docker host serves them,
+each bound to its host's ``Engine``: a request on one host's socket never
+reaches another host.
 """
 from __future__ import annotations
 
@@ -11,117 +12,22 @@ import json
 import logging
 import os
 import platform
-import re
 import socket
-import socketserver
+import struct
+import threading
 import time
-from http.server import BaseHTTPRequestHandler
-from urllib.parse import parse_qs, urlsplit
 
-from sandbox.engine import VERSION, Engine, EngineError, NotFound
-from sandbox.images import ImageError
-from sandbox.runtime import ContainerConfig, ContainerError, Mount
-from sandbox.volumes import VolumeError
+from sandbox.api_base import API_VERSION, VERSION, ApiError, BaseHandler, UnixHTTPServer, route
+from sandbox.api_images import ImageRoutes
+from sandbox.engine import NotFound
+from sandbox.runtime import ContainerConfig, Mount
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "1.44"
-ROUTES: list[tuple[str, re.Pattern, str]] = []
+__all__ = ["Handler", "UnixHTTPServer", "API_VERSION", "VERSION", "serve_host"]
 
 
-def route(method: str, pattern: str):
-    def register(fn):
-        # An optional /vX.Y prefix, as the docker CLI sends it.
-        ROUTES.append((method, re.compile(r"^(?:/v[0-9.]+)?" + pattern + r"$"), fn.__name__))
-        return fn
-    return register
-
-
-class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-    def __init__(self, path: str, engine: Engine):
-        if os.path.exists(path):
-            os.unlink(path)
-        self.engine = engine
-        super().__init__(path, Handler)
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = f"Glassbox/{VERSION}"
-
-    # BaseHTTPRequestHandler wants a (host, port) client address.
-    def address_string(self) -> str:
-        return "unix"
-
-    def log_message(self, format: str, *args) -> None:
-        log.debug("api: " + format, *args)
-
-    @property
-    def engine(self) -> Engine:
-        return self.server.engine
-
-    def do_GET(self): self.dispatch("GET")
-    def do_HEAD(self): self.dispatch("HEAD")
-    def do_POST(self): self.dispatch("POST")
-    def do_DELETE(self): self.dispatch("DELETE")
-
-    def dispatch(self, method: str) -> None:
-        url = urlsplit(self.path)
-        self.query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        lookup = "GET" if method == "HEAD" else method
-        for m, pattern, name in ROUTES:
-            match = pattern.match(url.path)
-            if match and m == lookup:
-                try:
-                    getattr(self, name)(*match.groups())
-                except (NotFound, ImageError) as exc:
-                    self.send_json(404, {"message": str(exc)})
-                except EngineError as exc:
-                    self.send_json(exc.status, {"message": str(exc)})
-                except ContainerError as exc:
-                    self.send_json(500, {"message": f"{exc.step}: {exc}"})
-                except ValueError as exc:
-                    self.send_json(400, {"message": str(exc)})
-                except Exception as exc:
-                    log.exception("api %s %s", method, self.path)
-                    self.send_json(500, {"message": f"internal error: {exc}"})
-                return
-        self.send_json(404, {"message": f"page not found: {method} {url.path}"})
-
-    def read_json(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > 1 << 20:
-            raise ValueError("request body too large (limit 1 MiB)")
-        raw = self.rfile.read(length) if length else b""
-        if not raw:
-            return {}
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise ValueError(f"invalid JSON in request body: {exc}") from None
-        if not isinstance(body, dict):
-            raise ValueError("the request body must be a JSON object")
-        return body
-
-    def send_json(self, status: int, body, headers: dict | None = None) -> None:
-        data = b"" if body is None else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Api-Version", API_VERSION)
-        self.send_header("Ostype", "linux")
-        self.send_header("Server", f"Glassbox/{VERSION} (linux)")
-        if body is not None:
-            self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    # ------------------------------------------------------------------ system
-
+class SystemRoutes:
     @route("GET", r"/_ping")
     def ping(self):
         data = b"OK"
@@ -167,26 +73,42 @@ class Handler(BaseHTTPRequestHandler):
             "SecurityOptions": ["name=seccomp,profile=glassbox", "name=userns"],
         })
 
-    # ------------------------------------------------------------------ images
 
-    @route("GET", r"/images/json")
-    def images_json(self):
-        out = []
-        for image in self.engine.images.list():
-            size = sum(dir_size(p) for p in image.layers)
-            created = image.config.get("created", "")
-            out.append({"Id": image.id, "RepoTags": [image.name], "RepoDigests": [],
-                        "ParentId": "", "Size": size, "SharedSize": -1, "Labels": {},
-                        "Containers": -1, "Created": parse_time(created)})
-        self.send_json(200, out)
+class HostRoutes:
+    """Docker hosts: made and removed only through the control socket."""
 
-    # ------------------------------------------------------------------ containers
+    def control_daemon(self):
+        if not self.server.control or self.server.daemon is None:
+            raise ApiError(403, "hosts are managed through the control socket only")
+        return self.server.daemon
+
+    @route("GET", r"/glassbox/hosts")
+    def hosts_list(self):
+        self.send_json(200, self.control_daemon().describe())
+
+    @route("POST", r"/glassbox/hosts")
+    def hosts_create(self):
+        daemon = self.control_daemon()
+        body = self.read_json(required=True)
+        name = body.get("Name")
+        if not isinstance(name, str):
+            raise ApiError(400, "Name (a string) is required")
+        daemon.create_host(name)
+        self.send_json(201, next(h for h in daemon.describe() if h["Name"] == name))
+
+    @route("DELETE", r"/glassbox/hosts/([^/]+)")
+    def hosts_delete(self, name):
+        self.control_daemon().remove_host(name)
+        self.send_json(204, None)
+
+
+class ContainerRoutes:
+    # ------------------------------------------------------------------ life cycle
 
     @route("GET", r"/containers/json")
     def containers_json(self):
-        show_all = self.query.get("all") in ("1", "true", "True")
-        out = [container_summary(c) for c in self.engine.list(all=show_all)]
-        self.send_json(200, out)
+        show_all = self.flag("all")
+        self.send_json(200, [container_summary(c) for c in self.engine.list(all=show_all)])
 
     @route("POST", r"/containers/create")
     def containers_create(self):
@@ -205,17 +127,35 @@ class Handler(BaseHTTPRequestHandler):
 
     @route("POST", r"/containers/([^/]+)/wait")
     def containers_wait(self, ref):
-        c = self.engine.get(ref)
-        status = self.engine.wait(c)
-        body = {"StatusCode": status.code}
-        if status.error:
+        c = self.engine.get(ref, include_removed=True)
+        condition = self.query.get("condition") or "not-running"
+        if condition not in ("not-running", "next-exit", "removed"):
+            raise ApiError(400, f"invalid condition {condition!r}")
+        if c.state == "created" and condition == "not-running":
+            return self.send_json(200, {"StatusCode": 0})
+        # Headers at once: the docker CLI waits for them before it starts the container.
+        self.start_stream()
+        status = self.engine.wait(c, condition=condition)
+        body = {"StatusCode": status.code if status else 0}
+        if status and status.error:
             body["Error"] = {"Message": status.error}
-        self.send_json(200, body)
+        self.write_json_line(body)
+        self.end_stream()
+
+    @route("POST", r"/containers/([^/]+)/stop")
+    def containers_stop(self, ref):
+        timeout = self.integer("t", self.integer("timeout", 10))
+        stopped = self.engine.stop(ref, timeout=float(timeout if timeout >= 0 else 10))
+        self.send_json(204 if stopped else 304, None)
+
+    @route("POST", r"/containers/([^/]+)/restart")
+    def containers_restart(self, ref):
+        raise ApiError(501, "restart is not supported by Glassbox: a container lives exactly as long "
+                            "as its PID 1 — docker rm it and docker run a new one")
 
     @route("POST", r"/containers/([^/]+)/kill")
     def containers_kill(self, ref):
-        sig = self.query.get("signal", "SIGKILL")
-        self.engine.kill(ref, signal_number(sig))
+        self.engine.kill(ref, signal_number(self.query.get("signal") or "SIGKILL"))
         self.send_json(204, None)
 
     @route("GET", r"/containers/([^/]+)/json")
@@ -224,59 +164,445 @@ class Handler(BaseHTTPRequestHandler):
 
     @route("DELETE", r"/containers/([^/]+)")
     def containers_delete(self, ref):
-        self.engine.remove(ref, force=self.query.get("force") in ("1", "true", "True"))
+        self.engine.remove(ref, force=self.flag("force"), volumes=self.flag("v"))
         self.send_json(204, None)
 
+    @route("POST", r"/containers/([^/]+)/resize")
+    def containers_resize(self, ref):
+        c = self.engine.get(ref)
+        if c.process is not None:
+            c.process.resize(self.integer("h", 24), self.integer("w", 80))
+        self.send_json(200, None)
 
-    # ------------------------------------------------------------------ volumes
+    # ------------------------------------------------------------------ streams
 
-    @route("GET", r"/volumes")
-    def volumes_list(self):
-        self.send_json(200, {"Volumes": [v.to_docker() for v in self.engine.volumes.list()],
-                             "Warnings": []})
+    @route("POST", r"/containers/([^/]+)/attach")
+    def containers_attach(self, ref):
+        c = self.engine.get(ref)
+        tty = c.config.tty
+        streams = {name for name in ("stdout", "stderr") if self.flag(name)}
+        sock = self.hijack("application/vnd.docker.raw-stream" if tty
+                           else "application/vnd.docker.multiplexed-stream")
+        out = FrameWriter(sock, tty)
+        if self.flag("logs"):
+            for entry in self.engine.logs(c):
+                if entry["stream"] in streams:
+                    out.write(entry["stream"], entry["log"].encode())
+        if not self.flag("stream", True) or c.state in ("exited", "removed"):
+            return sock_done(sock)
 
-    @route("POST", r"/volumes/create")
-    def volumes_create(self):
-        body = self.read_json()
-        volume = self.engine.create_volume(body.get("Name") or None, body.get("Labels") or {})
-        self.send_json(201, volume.to_docker())
+        def relay(stream: str, data: bytes) -> None:
+            if stream in streams:
+                out.write(stream, data)
 
-    @route("GET", r"/volumes/([^/]+)")
-    def volumes_inspect(self, name):
+        c.listeners.append(relay)
         try:
-            self.send_json(200, self.engine.volumes.get(name).to_docker())
-        except VolumeError as exc:
-            raise NotFound(str(exc)) from None
+            if self.flag("stdin"):
+                threading.Thread(target=pump_stdin, args=(sock, c), daemon=True,
+                                 name=f"stdin-{c.id[:12]}").start()
+            while not c.stopped.wait(0.5):
+                if c.state == "removed" or out.broken:
+                    break
+        finally:
+            if relay in c.listeners:
+                c.listeners.remove(relay)
+            sock_done(sock)
 
-    @route("DELETE", r"/volumes/([^/]+)")
-    def volumes_delete(self, name):
-        self.engine.remove_volume(name)
-        self.send_json(204, None)
+    @route("GET", r"/containers/([^/]+)/logs")
+    def containers_logs(self, ref):
+        c = self.engine.get(ref)
+        streams = {name for name in ("stdout", "stderr") if self.flag(name)}
+        if not streams:
+            raise ApiError(400, "you must choose at least one stream (stdout or stderr)")
+        timestamps = self.flag("timestamps")
+        tail = self.query.get("tail", "all")
+        since = float(self.query.get("since") or 0)
+        self.start_stream("application/vnd.docker.raw-stream" if c.config.tty
+                          else "application/vnd.docker.multiplexed-stream")
+        out = FrameWriter(None, c.config.tty, chunk=self.write_chunk)
+        live: list[tuple[str, bytes, float]] = []
+        following = self.flag("follow") and c.state == "running"
+        relay = (lambda stream, data: live.append((stream, data, time.time()))) if following else None
+        if relay:
+            c.listeners.append(relay)
+        try:
+            entries = [e for e in self.engine.logs(c) if e["stream"] in streams and e["time"] >= since]
+            if tail not in ("all", ""):
+                try:
+                    count = int(tail)
+                except ValueError:
+                    raise ApiError(400, f"invalid tail {tail!r}") from None
+                entries = tail_lines(entries, count)
+            last = 0.0
+            for entry in entries:
+                out.write(entry["stream"], stamp(entry["log"], entry["time"], timestamps))
+                last = entry["time"]
+            while following:
+                while live:
+                    stream, data, at = live.pop(0)
+                    if stream in streams and at > last:
+                        out.write(stream, stamp(data.decode("utf-8", "replace"), at, timestamps))
+                if c.stopped.wait(0.1) and not live:
+                    break
+        finally:
+            if relay and relay in c.listeners:
+                c.listeners.remove(relay)
+        self.end_stream()
+
+    # ------------------------------------------------------------------ exec
+
+    @route("POST", r"/containers/([^/]+)/exec")
+    def containers_exec_create(self, ref):
+        c = self.engine.get(ref)
+        body = self.read_json(required=True)
+        cmd = body.get("Cmd")
+        if not isinstance(cmd, list) or not cmd or not all(isinstance(w, str) for w in cmd):
+            raise ApiError(400, "Cmd must be a non-empty list of strings")
+        if c.state != "running":
+            raise ApiError(409, f"container {c.name} is not running")
+        ident = os.urandom(32).hex()
+        self.engine.exec_configs[ident] = {
+            "container": c, "cmd": cmd, "env": body.get("Env") or [], "tty": bool(body.get("Tty")),
+            "stdin": bool(body.get("AttachStdin")), "workdir": body.get("WorkingDir") or None,
+            "user": body.get("User") or None, "process": None, "size": None,
+        }
+        self.send_json(201, {"Id": ident})
+
+    @route("POST", r"/exec/([^/]+)/start")
+    def exec_start(self, ident):
+        spec = self.exec_spec(ident)
+        body = self.read_json()
+        if spec["process"] is not None:
+            raise ApiError(409, "this exec has already been started")
+        tty = bool(body.get("Tty", spec["tty"]))
+        detach = bool(body.get("Detach"))
+        sock = None if detach else self.hijack("application/vnd.docker.raw-stream" if tty
+                                               else "application/vnd.docker.multiplexed-stream")
+        out = FrameWriter(sock, tty) if sock else None
+        try:
+            process = self.engine.exec(spec["container"], spec["cmd"], env=spec["env"], tty=tty,
+                                       workdir=spec["workdir"], user=spec["user"], stdin=spec["stdin"],
+                                       on_output=(lambda s, d: out.write(s, d)) if out else None)
+        except Exception as exc:
+            if sock is None:
+                raise
+            out.write("stderr", f"{exc}\n".encode())
+            spec["error"] = str(exc)
+            return sock_done(sock)
+        spec["process"] = process
+        if spec["size"]:
+            process.resize(*spec["size"])
+        if sock is None:
+            return self.send_json(200, None)
+        if spec["stdin"]:
+            threading.Thread(target=pump_stdin, args=(sock, spec["container"], process), daemon=True).start()
+        process.done.wait()
+        sock_done(sock)
+
+    @route("POST", r"/exec/([^/]+)/resize")
+    def exec_resize(self, ident):
+        spec = self.exec_spec(ident)
+        size = (self.integer("h", 24), self.integer("w", 80))
+        spec["size"] = size
+        if spec["process"] is not None:
+            spec["process"].resize(*size)
+        self.send_json(200, None)
+
+    @route("GET", r"/exec/([^/]+)/json")
+    def exec_inspect(self, ident):
+        spec = self.exec_spec(ident)
+        process = spec["process"]
+        status = process.status if process else None
+        self.send_json(200, {
+            "ID": ident, "Running": bool(process and not process.done.is_set()),
+            "ExitCode": status.code if status else (126 if spec.get("error") else None),
+            "Pid": process.pid if process else 0, "ContainerID": spec["container"].id,
+            "OpenStdin": spec["stdin"], "ProcessConfig": {"entrypoint": spec["cmd"][0],
+                                                          "arguments": spec["cmd"][1:], "tty": spec["tty"]},
+        })
+
+    def exec_spec(self, ident: str) -> dict:
+        spec = self.engine.exec_configs.get(ident)
+        if spec is None:
+            raise NotFound(f"no such exec instance: {ident}")
+        return spec
+
+    # ------------------------------------------------------------------ readings
+
+    @route("GET", r"/containers/([^/]+)/top")
+    def containers_top(self, ref):
+        c = self.engine.get(ref)
+        if c.state != "running" or c.cgroup is None:
+            raise ApiError(409, f"container {c.name} is not running")
+        titles = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+        rows = [process_row(pid, self.engine.runtime.uid_base) for pid in sorted(c.cgroup.pids())]
+        self.send_json(200, {"Titles": titles, "Processes": [r for r in rows if r]})
+
+    @route("GET", r"/containers/([^/]+)/stats")
+    def containers_stats(self, ref):
+        c = self.engine.get(ref)
+        stream = self.flag("stream", True) and not self.flag("one-shot")
+        previous = empty_stats()
+        if not stream:
+            current = read_stats(c)
+            if not self.flag("one-shot"):
+                time.sleep(0.5)  # as Docker: one sample apart, so the CPU % means something
+                previous, current = current, read_stats(c)
+            return self.send_json(200, {**current, "precpu_stats": previous["cpu_stats"]})
+        self.start_stream()
+        while True:
+            current = read_stats(c)
+            self.write_json_line({**current, "precpu_stats": previous["cpu_stats"]})
+            previous = current
+            if c.stopped.wait(1.0) or c.state == "removed":
+                break
+        self.end_stream()
+
+    @route("GET", r"/events")
+    def system_events(self):
+        """Docker's events (``docker events``): the engine's, translated, as they happen."""
+        until = float(self.query["until"]) if self.query.get("until") else None
+        since = float(self.query["since"]) if self.query.get("since") else None
+        self.stream_events(lambda e: docker_event(e), since, until)
+
+    @route("GET", r"/glassbox/events")
+    def glassbox_events(self):
+        """Every step the engine takes, as JSON lines; ``since=SEQ`` replays what was missed."""
+        seq = self.integer("since", None)
+        self.stream_events(lambda e: json.loads(e.to_json()), None, None, since_seq=seq)
+
+    def stream_events(self, translate, since, until, since_seq=None) -> None:
+        import queue
+        q: queue.Queue = queue.Queue()
+        unsubscribe = self.engine.bus.subscribe(q.put)
+        try:
+            self.start_stream()
+            past = self.engine.bus.since(since_seq if since_seq is not None else 0) \
+                if (since_seq is not None or since is not None) else []
+            last_seq = 0
+            for event in past:
+                if since is None or event.time >= since:
+                    self.send_event(translate(event))
+                last_seq = event.seq
+            while until is None or time.time() < until:
+                try:
+                    event = q.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if event.seq <= last_seq:
+                    continue
+                self.send_event(translate(event))
+        finally:
+            unsubscribe()
+        self.end_stream()
+
+    def send_event(self, message: dict | None) -> None:
+        if message is not None:
+            self.write_json_line(message)
+
+
+class FrameWriter:
+    """Docker's stream format: raw bytes with a TTY, else 8-byte-header frames."""
+    STREAMS = {"stdin": 0, "stdout": 1, "stderr": 2}
+
+    def __init__(self, sock, tty: bool, chunk=None):
+        self.sock = sock
+        self.tty = tty
+        self.chunk = chunk
+        self.lock = threading.Lock()
+        self.broken = False
+
+    def write(self, stream: str, data: bytes) -> None:
+        if not data or self.broken:
+            return
+        payload = data if self.tty else struct.pack(">BxxxL", self.STREAMS[stream], len(data)) + data
+        with self.lock:
+            try:
+                if self.chunk:
+                    self.chunk(payload)
+                else:
+                    self.sock.sendall(payload)
+            except OSError:
+                self.broken = True
+
+
+def pump_stdin(sock: socket.socket, c, process=None) -> None:
+    """What the client types goes to the process's stdin (or its PTY)."""
+    deadline = time.time() + 30
+    while process is None and c.process is None and time.time() < deadline:
+        time.sleep(0.02)  # attached before the start: wait for the process
+    process = process or c.process
+    if process is None:
+        return
+    while True:
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            if not process.tty and (c.config.stdin_once if process is c.process else True):
+                process.close_stdin()
+            return
+        try:
+            process.write_stdin(data)
+        except (OSError, ValueError):
+            return
+
+
+def sock_done(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def stamp(text: str, at: float, timestamps: bool) -> bytes:
+    if not timestamps:
+        return text.encode()
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1e9):09d}Z " + text).encode()
+
+
+def tail_lines(entries: list[dict], count: int) -> list[dict]:
+    """The last ``count`` lines (log entries are chunks, not always whole lines)."""
+    if count < 0:
+        return entries
+    lines = []
+    for entry in entries:
+        for line in entry["log"].splitlines(keepends=True):
+            lines.append({**entry, "log": line})
+    return lines[-count:] if count else []
+
+
+def process_row(pid: int, uid_base: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) // ticks
+    return [str(uid - uid_base if uid >= uid_base else uid), str(pid), fields[1], "0", "-", "?",
+            f"{cpu // 3600:02d}:{cpu // 60 % 60:02d}:{cpu % 60:02d}", cmd]
+
+
+def empty_stats() -> dict:
+    return {"cpu_stats": {"cpu_usage": {"total_usage": 0}, "system_cpu_usage": 0,
+                          "online_cpus": os.cpu_count()}}
+
+
+def system_cpu_ns() -> int:
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:8]
+    return sum(int(x) for x in fields) * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
+
+
+def read_stats(c) -> dict:
+    """One reading of a container's cgroup, in Docker's stats shape."""
+    stats = {}
+    if c.state == "running" and c.cgroup is not None:
+        try:
+            stats = c.cgroup.stats()
+        except OSError:
+            stats = {}
+    memory_limit = c.config.memory or stats.get("memory_limit_bytes") or 0
+    now = time.time()
+    return {
+        "read": iso(now), "preread": "0001-01-01T00:00:00Z", "id": c.id, "name": "/" + c.name,
+        "pids_stats": {"current": stats.get("pids", 0), "limit": stats.get("pids_limit") or 0},
+        "memory_stats": {"usage": stats.get("memory_bytes", 0), "limit": memory_limit, "stats": {}},
+        "cpu_stats": {"cpu_usage": {"total_usage": stats.get("cpu_usec", 0) * 1000},
+                      "system_cpu_usage": system_cpu_ns(), "online_cpus": os.cpu_count()},
+        "blkio_stats": {}, "networks": {},
+    }
+
+
+DOCKER_ACTIONS = {
+    "container.created": ("container", "create"), "process.started": ("container", "start"),
+    "process.exited": ("container", "die"), "container.removed": ("container", "destroy"),
+    "container.kill": ("container", "kill"), "container.stop": ("container", "stop"),
+    "oom.killed": ("container", "oom"), "image.committed": ("container", "commit"),
+    "volume.created": ("volume", "create"), "volume.removed": ("volume", "destroy"),
+    "volume.mounted": ("volume", "mount"), "image.untagged": ("image", "untag"),
+    "image.deleted": ("image", "delete"), "image.pulled": ("image", "pull"),
+    "image.pushed": ("image", "push"), "image.imported": ("image", "load"),
+    "image.exported": ("image", "save"), "build.done": ("image", "tag"),
+}
+
+
+def docker_event(event) -> dict | None:
+    kind = DOCKER_ACTIONS.get(event.kind)
+    if kind is None or (event.kind in ("process.started", "process.exited") and event.detail.get("exec")):
+        return None
+    typ, action = kind
+    subject = event.subject
+    ident = (subject.get("container") or subject.get("volume") or subject.get("image")
+             or (event.detail.get("image") if typ == "image" else None) or "")
+    if isinstance(ident, list):
+        ident = ",".join(ident)
+    attributes = {k: str(v) for k, v in event.detail.items() if isinstance(v, (str, int, float)) and v is not None}
+    if "name" in subject:
+        attributes["name"] = subject["name"]
+    if event.kind == "process.exited":
+        attributes["exitCode"] = str(event.detail.get("exit_code"))
+    message = {"Type": typ, "Action": action, "Actor": {"ID": ident, "Attributes": attributes},
+               "scope": "local", "time": int(event.time), "timeNano": int(event.time * 1e9)}
+    if typ == "container":
+        message.update(status=action, id=ident, **({"from": attributes["image"]} if "image" in attributes else {}))
+    return message
 
 
 # ---------------------------------------------------------------------- translation
 
 def config_from_docker(body: dict, name: str | None) -> ContainerConfig:
     """A Docker ``ContainerCreateRequest`` as a Glassbox ``ContainerConfig``."""
-    if not body.get("Image"):
-        raise ValueError("Image is required")
+    if not isinstance(body.get("Image"), str) or not body["Image"]:
+        raise ApiError(400, "Image is required (a string)")
     host = body.get("HostConfig") or {}
-    mounts = [Mount.parse(b) for b in host.get("Binds") or []]
-    if host.get("Mounts") or any(m.volume is None for m in mounts):
+    if not isinstance(host, dict):
+        raise ApiError(400, "HostConfig must be an object")
+    binds = list(host.get("Binds") or [])
+    for m in host.get("Mounts") or []:
+        if not isinstance(m, dict) or m.get("Type") != "volume" or not m.get("Source"):
+            raise ApiError(400, "only named volumes can be mounted here (--mount type=volume,...)")
+        binds.append(f"{m['Source']}:{m['Target']}" + (":ro" if m.get("ReadOnly") else ""))
+    mounts = [Mount.parse(b) for b in binds]
+    if any(m.volume is None for m in mounts):
         # Whoever holds this socket is a student: a host directory would hand
         # them the host's files. Named volumes are the engine's own directories.
-        raise ValueError("mounting host directories is not allowed here: use a named volume "
-                         "(-v NAME:/path)")
+        raise ApiError(400, "mounting host directories is not allowed here: use a named volume "
+                            "(-v NAME:/path)")
     defaults = ContainerConfig(image="")
-    cpus = host.get("NanoCpus")
+    nano_cpus = typed(host, "NanoCpus", int) or 0
+    if not nano_cpus and typed(host, "CpuQuota", int):
+        nano_cpus = int(host["CpuQuota"] * 1e9 / (typed(host, "CpuPeriod", int) or 100000))
+    entrypoint = typed(body, "Entrypoint", (list, str))
+    if isinstance(entrypoint, str):
+        entrypoint = [entrypoint]
+    cmd = typed(body, "Cmd", (list, str))
+    if isinstance(cmd, str):
+        cmd = ["/bin/sh", "-c", cmd]
     return ContainerConfig(
-        image=body["Image"], cmd=body.get("Cmd") or None, entrypoint=body.get("Entrypoint"),
-        env=body.get("Env") or [], name=name, hostname=body.get("Hostname") or None,
-        workdir=body.get("WorkingDir") or None, user=body.get("User") or None,
-        memory=host.get("Memory") or defaults.memory,
-        pids_limit=host.get("PidsLimit") or defaults.pids_limit,
-        cpus=cpus / 1e9 if cpus else None, mounts=mounts, tty=bool(body.get("Tty")),
-        open_stdin=bool(body.get("OpenStdin")), auto_remove=bool(host.get("AutoRemove")))
+        image=body["Image"], cmd=cmd or None, entrypoint=entrypoint or None if entrypoint != [""] else [],
+        env=typed(body, "Env", list) or [], name=name or None,
+        hostname=typed(body, "Hostname", str) or None, workdir=typed(body, "WorkingDir", str) or None,
+        user=typed(body, "User", str) or None,
+        memory=typed(host, "Memory", int) or defaults.memory,
+        pids_limit=(typed(host, "PidsLimit", int) or 0) if (typed(host, "PidsLimit", int) or 0) > 0
+        else defaults.pids_limit,
+        cpus=nano_cpus / 1e9 if nano_cpus else None, mounts=mounts, tty=bool(body.get("Tty")),
+        open_stdin=bool(body.get("OpenStdin")), stdin_once=bool(body.get("StdinOnce")),
+        auto_remove=bool(host.get("AutoRemove")))
+
+
+def typed(body: dict, key: str, kind):
+    value = body.get(key)
+    if value is not None and not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ApiError(400, f"{key} must be a {names}, not {type(value).__name__}")
+    return value
 
 
 def container_summary(c) -> dict:
@@ -335,13 +661,6 @@ def iso(t: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
 
 
-def parse_time(text: str) -> int:
-    try:
-        return int(time.mktime(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone)
-    except ValueError:
-        return 0
-
-
 def signal_number(name: str) -> int:
     import signal
     if name.isdigit():
@@ -378,16 +697,12 @@ def mem_total() -> int:
     return 0
 
 
-def dir_size(path) -> int:
-    """Bytes of the files under ``path``, each hard-linked file counted once."""
-    total, seen = 0, set()
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(root, name))
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-    return total
+class Handler(ContainerRoutes, ImageRoutes, HostRoutes, SystemRoutes, BaseHandler):
+    """Every route of the API, on the plumbing of ``BaseHandler``."""
+
+
+def serve_host(path: str, engine, daemon=None, control: bool = False) -> UnixHTTPServer:
+    server = UnixHTTPServer(path, Handler, engine, daemon, control)
+    threading.Thread(target=server.serve_forever, name=f"api-{os.path.basename(path)}",
+                     daemon=True).start()
+    return server

@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     fsck = sub.add_parser("fsck", help="verify every blob's digest and every reference")
     state(fsck)
+
+    host = sub.add_parser("host", help="Docker hosts of a running daemon: create, ls, rm")
+    state(host)
+    host.add_argument("action", choices=["create", "ls", "rm"])
+    host.add_argument("name", nargs="?")
     return parser
 
 
@@ -115,7 +120,48 @@ def main(argv: list[str] | None = None) -> int:
         return command_build(args)
     if args.command == "fsck":
         return command_fsck(args)
+    if args.command == "host":
+        return command_host(args)
     return 2
+
+
+def command_host(args) -> int:
+    """Talks to the daemon's control socket, as the web app does."""
+    import http.client
+    import socket as sockets
+    from sandbox.engine import state_dir_from_env
+    path = str(state_dir_from_env(args.state_dir) / "glassbox.sock")
+
+    class Connection(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+            self.sock.connect(path)
+
+    if args.action != "ls" and not args.name:
+        print(f"glassbox host {args.action}: which host? (glassbox host {args.action} NAME)", file=sys.stderr)
+        return 2
+    method, url, body = {"ls": ("GET", "/glassbox/hosts", None),
+                         "create": ("POST", "/glassbox/hosts", {"Name": args.name}),
+                         "rm": ("DELETE", f"/glassbox/hosts/{args.name}", None)}[args.action]
+    conn = Connection("localhost", timeout=120)
+    try:
+        conn.request(method, url, body=None if body is None else __import__("json").dumps(body),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+    except OSError as exc:
+        print(f"glassbox: no daemon answers on {path}: {exc}", file=sys.stderr)
+        return 1
+    import json as json_module
+    if response.status >= 300:
+        print(f"glassbox: {json_module.loads(data).get('message', data.decode())}", file=sys.stderr)
+        return 1
+    if args.action == "ls":
+        for host in json_module.loads(data):
+            print(f"{host['Name']:20} {host['Socket']}  containers={host['Containers']} images={host['Images']}")
+    elif args.action == "create":
+        print(json_module.loads(data)["Socket"])
+    return 0
 
 
 def command_build(args) -> int:

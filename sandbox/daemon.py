@@ -5,36 +5,147 @@ user when it exists), which reaches the engine only through the socket.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pwd
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from sandbox.api import UnixHTTPServer
-from sandbox.engine import Engine, EngineError
+from sandbox.api import serve_host
+from sandbox.engine import Conflict, Engine, EngineError, NotFound, state_dir_from_env
 
 log = logging.getLogger("glassbox")
 WEB_USER = "glassbox"
 
 
 def socket_path(state_dir: Path) -> Path:
+    """The control socket: root and the web app only. It serves the default host's API
+    and the management of hosts."""
     return state_dir / "glassbox.sock"
+
+
+def host_socket_path(state_dir: Path, name: str) -> Path:
+    return state_dir / "hosts" / name / "docker.sock"
+
+
+class Daemon:
+    """The Docker hosts of one machine, each an Engine behind its own API socket."""
+
+    UID_BASE, UID_RANGE, MAX_HOSTS = 100000, 65536, 256
+
+    def __init__(self, state_dir: Path, web_user: tuple[int, int] | None):
+        self.state_dir = state_dir
+        self.web_user = web_user
+        self.hosts: dict[str, tuple[Engine, object]] = {}
+        self.lock = threading.Lock()
+        self.record = state_dir / "hosts.json"
+
+    def _uid_bases(self) -> dict[str, int]:
+        try:
+            return json.loads(self.record.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        known = self._uid_bases()
+        known.setdefault("default", self.UID_BASE)
+        for name in sorted(known, key=lambda n: known[n]):
+            self.create_host(name, known[name])
+
+    def create_host(self, name: str, uid_base: int | None = None) -> Engine:
+        if not HOST_NAME.match(name or ""):
+            raise EngineError(f"invalid host name {name!r}: lower-case letters, digits, '-', '_', '.' "
+                              "(up to 64), starting with a letter or digit")
+        with self.lock:
+            if name in self.hosts:
+                raise Conflict(f"host {name} already exists")
+            bases = self._uid_bases()
+            if uid_base is None:
+                used = set(bases.values()) | {e.runtime.uid_base for e, _ in self.hosts.values()}
+                free = [self.UID_BASE + i * self.UID_RANGE for i in range(self.MAX_HOSTS)
+                        if self.UID_BASE + i * self.UID_RANGE not in used]
+                if not free:
+                    raise EngineError(f"too many hosts (at most {self.MAX_HOSTS})")
+                uid_base = free[0]
+            engine = Engine(self.state_dir, host=name, uid_base=uid_base)
+            path = host_socket_path(self.state_dir, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            server = serve_host(str(path), engine, self)
+            # The host's own terminal container (its root is uid_base) and the web app
+            # may connect; nobody else.
+            os.chown(path, uid_base, self.web_user[1] if self.web_user else 0)
+            os.chmod(path, 0o660)
+            self.hosts[name] = (engine, server)
+            bases[name] = uid_base
+            tmp = self.record.with_suffix(".tmp")
+            tmp.write_text(json.dumps(bases))
+            tmp.replace(self.record)
+        log.info("host %s on %s (container root = host uid %d)", name, path, uid_base)
+        return engine
+
+    def remove_host(self, name: str) -> None:
+        """Stops its containers and frees what it held: containers, tags, volumes, cache."""
+        if name == "default":
+            raise Conflict("the default host can't be removed")
+        with self.lock:
+            if name not in self.hosts:
+                raise NotFound(f"no such host: {name}")
+            engine, server = self.hosts.pop(name)
+            bases = self._uid_bases()
+            bases.pop(name, None)
+            tmp = self.record.with_suffix(".tmp")
+            tmp.write_text(json.dumps(bases))
+            tmp.replace(self.record)
+        server.shutdown()
+        server.server_close()
+        engine.close()
+        for path in (engine.volumes.root, engine.images.oci, engine.containers_dir):
+            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(host_socket_path(self.state_dir, name).parent, ignore_errors=True)
+        self.default.gc()
+        log.info("host %s removed", name)
+
+    @property
+    def default(self) -> Engine:
+        return self.hosts["default"][0]
+
+    def describe(self) -> list[dict]:
+        return [{"Name": name, "Socket": str(host_socket_path(self.state_dir, name)),
+                 "UidBase": engine.runtime.uid_base, "Containers": len(engine.list()),
+                 "Images": len(engine.images.list())}
+                for name, (engine, _) in sorted(self.hosts.items())]
+
+    def close(self) -> None:
+        for name in list(self.hosts):
+            engine, server = self.hosts.pop(name)
+            server.shutdown()
+            server.server_close()
+            engine.close()
+            host_socket_path(self.state_dir, name).unlink(missing_ok=True)
+
+
+HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
 def serve(state_dir: str | None, web: tuple[str, int] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    web_user = web_identity()
+    daemon = Daemon(state_dir_from_env(state_dir), web_user)
     try:
-        engine = Engine(state_dir)
+        daemon.start()
     except EngineError as exc:
         print(f"glassbox: {exc}", file=sys.stderr)
+        daemon.close()
         return 1
-    path = socket_path(engine.state_dir)
-    server = UnixHTTPServer(str(path), engine)
-    web_user = web_identity()
+    path = socket_path(daemon.state_dir)
+    control = serve_host(str(path), daemon.default, daemon, control=True)
     if web_user:
         os.chown(path, 0, web_user[1])
         os.chmod(path, 0o660)
@@ -43,9 +154,9 @@ def serve(state_dir: str | None, web: tuple[str, int] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
-    log.info("engine %s (%s) on %s", engine.state_dir, engine.cgroups.name, path)
-    registry = prepare_registry(engine.state_dir, web_user) if web else None
+    log.info("glassbox daemon on %s (%s); hosts: %s", path, daemon.default.cgroups.name,
+             ", ".join(daemon.hosts))
+    registry = prepare_registry(daemon.state_dir, web_user) if web else None
     web_process = start_web(path, web, web_user, registry) if web else None
     try:
         while not stop.wait(1):
@@ -59,9 +170,9 @@ def serve(state_dir: str | None, web: tuple[str, int] | None = None) -> int:
                 web_process.wait(10)
             except subprocess.TimeoutExpired:
                 web_process.kill()
-        server.shutdown()
-        server.server_close()
-        engine.close()
+        control.shutdown()
+        control.server_close()
+        daemon.close()
         path.unlink(missing_ok=True)
     return 0
 

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import tarfile
 import tempfile
 import threading
@@ -142,6 +143,7 @@ class Engine:
         self.runtime = Runtime(self.state_dir, self.bus, self.cgroups, uid_base=uid_base, host=host,
                                idmap_dir=self.state_dir / f"idmap-{name}")
         self.containers: dict[str, Container] = {}
+        self.exec_configs: dict[str, dict] = {}   # docker exec: created, then started by id
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._sampler = threading.Thread(target=self._sample_loop, args=(sample_interval,),
@@ -243,13 +245,37 @@ class Engine:
             return c.status
         return self.wait(c)
 
-    def wait(self, ref: str | Container, timeout: float | None = None) -> ExitStatus:
+    def wait(self, ref: str | Container, timeout: float | None = None,
+             condition: str = "not-running") -> ExitStatus:
+        """Blocks until the container has exited (``not-running``, ``next-exit``: a
+        created container is waited for through its start) or is removed (``removed``)."""
         c = self.get(ref, include_removed=True)
-        if c.state == "created":
+        if condition not in ("not-running", "next-exit", "removed"):
+            raise EngineError(f"invalid wait condition {condition!r}: use not-running, next-exit or removed")
+        if c.state == "created" and condition == "not-running":
             raise Conflict(f"container {c.name} has not been started")
-        if not c.stopped.wait(timeout):
+        event = c.removed if condition == "removed" else c.stopped
+        if not event.wait(timeout):
             raise EngineError(f"container {c.name} still running after {timeout} s", 408)
         return c.status
+
+    def stop(self, ref: str | Container, timeout: float = 10) -> bool:
+        """SIGTERM (or the image's STOPSIGNAL), then SIGKILL after ``timeout`` seconds.
+        Returns False if it wasn't running."""
+        c = self.get(ref)
+        if c.state != "running" or c.process is None:
+            return False
+        name = (c.image.config.get("config") or {}).get("StopSignal") or "SIGTERM"
+        try:
+            sig = int(name) if str(name).isdigit() else int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+        except KeyError:
+            sig = int(signal.SIGTERM)
+        self.bus.emit("container.stop", c.subject(), {"signal": sig, "timeout": timeout}, host=self.host)
+        c.process.signal(sig)
+        if not c.stopped.wait(max(0.0, timeout)):
+            self.runtime.kill_all(c)
+            c.stopped.wait(10)
+        return True
 
     def kill(self, ref: str | Container, sig: int = 9) -> None:
         c = self.get(ref)
@@ -293,6 +319,7 @@ class Engine:
             self.containers.pop(c.id, None)
         self.runtime.release(c)
         self.runtime.remove_writable_layer(c)
+        c.removed.set()
         self.bus.emit("container.removed", c.subject(), {}, host=self.host)
         if volumes or c.config.auto_remove:
             for m in c.config.mounts:

@@ -103,6 +103,7 @@ class ContainerConfig:
     mounts: list[Mount] = dataclasses.field(default_factory=list)
     tty: bool = False
     open_stdin: bool = False
+    stdin_once: bool = False      # close the process's stdin when the attached client closes its own
     auto_remove: bool = False
 
 
@@ -199,6 +200,8 @@ class Container:
         self.execs: dict[str, Process] = {}
         self.timed_out = False
         self.stopped = threading.Event()
+        self.removed = threading.Event()
+        self.listeners: list[OutputListener] = []   # output subscribers (attach, logs -f)
         self.release_lock = threading.Lock()
         self.pids_refusals_seen = 0
         self.oom_kills_seen = 0
@@ -270,6 +273,7 @@ class Runtime:
     def start(self, c: Container, on_output: OutputListener | None = None) -> Process:
         """The whole start, in order; on failure everything made so far is undone."""
         process = Process(c.id, c.config.tty, c.argv)
+        process.listeners = c.listeners  # attached clients may have subscribed before the start
         if on_output:
             process.listeners.append(on_output)
         c.process = process
