@@ -187,8 +187,14 @@ class BaseHandler(BaseHTTPRequestHandler):
         return LimitedReader(self.rfile, length)
 
     def read_json(self, required: bool = False) -> dict:
-        raw = self.body().read(MAX_JSON_BODY + 1)
+        body = self.body()
+        raw = body.read(MAX_JSON_BODY + 1)
         if len(raw) > MAX_JSON_BODY:
+            # Read (and drop) the rest, within reason, so the client hears why.
+            drained = 0
+            while drained < 64 * MAX_JSON_BODY and (chunk := body.read(1 << 16)):
+                drained += len(chunk)
+            self.close_connection = True
             raise ApiError(413, "request body too large (limit 1 MiB)")
         if not raw.strip():
             if required:
