@@ -96,6 +96,12 @@ class HostRoutes:
         daemon.create_host(name)
         self.send_json(201, next(h for h in daemon.describe() if h["Name"] == name))
 
+    @route("POST", r"/glassbox/hosts/([^/]+)/terminal")
+    def hosts_terminal(self, name):
+        """A new host terminal for ``name`` (created, not started: attach, then start)."""
+        container, socket_path = self.control_daemon().terminal(name)
+        self.send_json(201, {"Id": container.id, "Name": container.name, "Socket": socket_path})
+
     @route("DELETE", r"/glassbox/hosts/([^/]+)")
     def hosts_delete(self, name):
         self.control_daemon().remove_host(name)
@@ -108,7 +114,7 @@ class ContainerRoutes:
     @route("GET", r"/containers/json")
     def containers_json(self):
         show_all = self.flag("all")
-        self.send_json(200, [container_summary(c) for c in self.engine.list(all=show_all)])
+        self.send_json(200, [container_summary(c) for c in self.engine.list(all=show_all, system=False)])
 
     @route("POST", r"/containers/create")
     def containers_create(self):

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     fsck = sub.add_parser("fsck", help="verify every blob's digest and every reference")
     state(fsck)
 
+    terminal = sub.add_parser("terminal", help="open a host terminal (the docker CLI inside)")
+    state(terminal)
+    terminal.add_argument("--host", default="default")
+
     host = sub.add_parser("host", help="Docker hosts of a running daemon: create, ls, rm")
     state(host)
     host.add_argument("action", choices=["create", "ls", "rm"])
@@ -122,45 +126,65 @@ def main(argv: list[str] | None = None) -> int:
         return command_fsck(args)
     if args.command == "host":
         return command_host(args)
+    if args.command == "terminal":
+        return command_terminal(args)
     return 2
 
 
-def command_host(args) -> int:
-    """Talks to the daemon's control socket, as the web app does."""
-    import http.client
-    import socket as sockets
+def command_terminal(args) -> int:
+    """A host terminal in this terminal: the control socket makes it, docker attaches to it."""
+    import shutil
     from sandbox.engine import state_dir_from_env
-    path = str(state_dir_from_env(args.state_dir) / "glassbox.sock")
+    status, reply = control_request(state_dir_from_env(args.state_dir), "POST",
+                                    f"/glassbox/hosts/{args.host}/terminal")
+    if status != 201:
+        print(f"glassbox: {reply.get('message', reply)}", file=sys.stderr)
+        return 1
+    docker = shutil.which("docker")
+    env = dict(os.environ, DOCKER_HOST=f"unix://{reply['Socket']}")
+    os.execve(docker, [docker, "start", "-ai", reply["Id"]], env)
+
+
+def control_request(state_dir, method: str, url: str, body: dict | None = None) -> tuple[int, object]:
+    import http.client
+    import json as json_module
+    import socket as sockets
+    path = str(state_dir / "glassbox.sock")
 
     class Connection(http.client.HTTPConnection):
         def connect(self):
             self.sock = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
             self.sock.connect(path)
 
+    conn = Connection("localhost", timeout=120)
+    try:
+        conn.request(method, url, body=None if body is None else json_module.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+    except OSError as exc:
+        return 503, {"message": f"no daemon answers on {path}: {exc}"}
+    return response.status, json_module.loads(data) if data else {}
+
+
+def command_host(args) -> int:
+    """Talks to the daemon's control socket, as the web app does."""
+    from sandbox.engine import state_dir_from_env
     if args.action != "ls" and not args.name:
         print(f"glassbox host {args.action}: which host? (glassbox host {args.action} NAME)", file=sys.stderr)
         return 2
     method, url, body = {"ls": ("GET", "/glassbox/hosts", None),
                          "create": ("POST", "/glassbox/hosts", {"Name": args.name}),
                          "rm": ("DELETE", f"/glassbox/hosts/{args.name}", None)}[args.action]
-    conn = Connection("localhost", timeout=120)
-    try:
-        conn.request(method, url, body=None if body is None else __import__("json").dumps(body),
-                     headers={"Content-Type": "application/json"})
-        response = conn.getresponse()
-        data = response.read()
-    except OSError as exc:
-        print(f"glassbox: no daemon answers on {path}: {exc}", file=sys.stderr)
-        return 1
-    import json as json_module
-    if response.status >= 300:
-        print(f"glassbox: {json_module.loads(data).get('message', data.decode())}", file=sys.stderr)
+    status, reply = control_request(state_dir_from_env(args.state_dir), method, url, body)
+    if status >= 300:
+        print(f"glassbox: {reply.get('message', reply)}", file=sys.stderr)
         return 1
     if args.action == "ls":
-        for host in json_module.loads(data):
+        for host in reply:
             print(f"{host['Name']:20} {host['Socket']}  containers={host['Containers']} images={host['Images']}")
     elif args.action == "create":
-        print(json_module.loads(data)["Socket"])
+        print(reply["Socket"])
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sandbox.api import serve_host
 from sandbox.engine import Conflict, Engine, EngineError, NotFound, state_dir_from_env
+from sandbox.runtime import ContainerConfig, Mount
 
 log = logging.getLogger("glassbox")
 WEB_USER = "glassbox"
@@ -111,6 +112,35 @@ class Daemon:
         shutil.rmtree(host_socket_path(self.state_dir, name).parent, ignore_errors=True)
         self.default.gc()
         log.info("host %s removed", name)
+
+    def terminal(self, name: str):
+        """A host terminal: busybox's shell, the docker CLI (read-only) and this host's
+        socket, nothing else — no network, no host files, no other socket."""
+        with self.lock:
+            if name not in self.hosts:
+                raise NotFound(f"no such host: {name}")
+            engine = self.hosts[name][0]
+        tools = self.state_dir / "tools"
+        docker = shutil.which("docker")
+        if docker is None:
+            raise EngineError("there is no docker CLI on this machine (the setup installs one)", 500)
+        tools.mkdir(mode=0o755, exist_ok=True)
+        target = tools / "docker"
+        if not target.exists() or target.stat().st_size != os.stat(docker).st_size:
+            tmp = tools / ".docker.tmp"
+            shutil.copy2(os.path.realpath(docker), tmp)
+            os.chmod(tmp, 0o755)
+            tmp.replace(target)
+        socket_dir = host_socket_path(self.state_dir, name).parent
+        config = ContainerConfig(
+            "busybox", ["sh", "-l"], name=f"terminal-{os.urandom(3).hex()}", hostname=f"{name}",
+            env=["DOCKER_HOST=unix:///run/glassbox/docker.sock", "HOME=/root",
+                 "DOCKER_CONFIG=/tmp/.docker", f"PS1={name}:\\w\\$ "],
+            tty=True, open_stdin=True, stdin_once=True, memory=128 * 1024 * 1024, pids_limit=64,
+            auto_remove=True, system=True,
+            mounts=[Mount(str(tools), "/usr/local/bin", readonly=True),
+                    Mount(str(socket_dir), "/run/glassbox", readonly=True)])
+        return engine.create(config), str(host_socket_path(self.state_dir, name))
 
     @property
     def default(self) -> Engine:

@@ -519,10 +519,11 @@ class Engine:
             raise EngineError(f"container id prefix {ref!r} is ambiguous")
         raise NotFound(f"no such container: {ref}")
 
-    def list(self, all: bool = True) -> list[Container]:
+    def list(self, all: bool = True, system: bool = True) -> list[Container]:
+        """Containers (``all``: not only the running ones; ``system``: the host terminal too)."""
         with self._lock:
             found = list(self.containers.values())
-        return [c for c in found if all or c.state == "running"]
+        return [c for c in found if (all or c.state == "running") and (system or not c.config.system)]
 
     def logs(self, ref: str | Container) -> list[dict]:
         c = self.get(ref)

@@ -159,7 +159,7 @@ class ImageStore:
     """One Docker host's images (its image cache), over blobs and layers shared on disk.
 
     ``<root>/oci`` is the default host's OCI layout and holds every blob;
-    another host's layout is ``<root>/hosts/<host>``, whose ``blobs`` is a link to
+    another host's layout is ``<root>/images/<host>``, whose ``blobs`` is a link to
     the shared one — each is a layout skopeo and umoci can read. Every write
     happens under ``images.lock``; ``index.json`` is always written last, so a
     crash never leaves a name pointing at something incomplete.
@@ -171,7 +171,7 @@ class ImageStore:
         self.root = Path(root)
         self.host = host
         self.shared = self.root / "oci"
-        self.oci = self.shared if host == "default" else self.root / "hosts" / host
+        self.oci = self.shared if host == "default" else self.root / "images" / host
         self.blobs = self.shared / "blobs" / "sha256"
         self.layers_dir = self.root / "layers"
         self._index_cache: tuple[tuple, dict] | None = None
@@ -525,7 +525,7 @@ class ImageStore:
     # --- garbage and checks --------------------------------------------------------------
 
     def layouts(self) -> list[Path]:
-        hosts = self.root / "hosts"
+        hosts = self.root / "images"
         return [self.shared] + (sorted(p for p in hosts.iterdir() if p.is_dir()) if hosts.is_dir() else [])
 
     def live(self, extra_configs: set[str] = frozenset()) -> tuple[set[str], set[str]]:

@@ -104,6 +104,7 @@ class ContainerConfig:
     tty: bool = False
     open_stdin: bool = False
     stdin_once: bool = False      # close the process's stdin when the attached client closes its own
+    system: bool = False          # Glassbox's own (a host terminal): not in the host's docker ps
     auto_remove: bool = False
 
 

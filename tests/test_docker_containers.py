@@ -262,3 +262,33 @@ def test_bad_input_gets_a_clear_4xx_and_the_daemon_keeps_serving(docker):
     status, body = request("POST", "/containers/nope/start")
     assert status == 404 and b"no such container" in body
     assert docker.ok("run", "--rm", "busybox", "echo", "still serving") == "still serving\n"
+
+
+def test_the_host_terminal_has_the_docker_cli_and_only_its_hosts_socket(docker):
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(GLASSBOX, [GLASSBOX, "terminal", "--state-dir", str(docker.state)])
+    output = b""
+    sent = False
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        if not sent and b"default:/#" in output:
+            os.write(fd, b"docker run --rm busybox echo from-the-terminal; ls /run/glassbox; "
+                         b"ls /var/lib/glassbox /proc/1/root/var 2>&1 | head -3; exit\r")
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = output.decode(errors="replace")
+    assert "from-the-terminal" in text
+    assert "docker.sock" in text.split("from-the-terminal", 1)[1]
+    assert "No such file or directory" in text  # the host's files are not there
+    assert docker.ok("ps", "-aq") == ""  # the terminal isn't one of the host's containers
