@@ -90,10 +90,28 @@ check_app_user_can_read_checkout() {
     say "warning: the web app cannot drop privileges there: move the checkout (e.g. to /opt/glassbox)."
 }
 
+# The docker CLI is what students type; Glassbox's daemon is its server. Debian's docker.io
+# also brings dockerd: it is installed but never started (policy-rc.d refuses the start),
+# and only where the machine has no docker CLI at all.
+install_docker_cli() {
+    command -v docker >/dev/null && return 0
+    say "installing the docker CLI (Debian's docker.io, its daemon left stopped)"
+    local policy=/usr/sbin/policy-rc.d created=""
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && created=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker.io \
+        || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker.io; } \
+        || { [[ -n $created ]] && rm -f "$policy"; die "could not install docker.io"; }
+    [[ -n $created ]] && rm -f "$policy"
+    return 0
+}
+
 # --- Front-end packages (xterm.js, socket.io-client via npm): added in a later issue. ---
 install_frontend_packages() { :; }
 
 install_debian_packages
+install_docker_cli
 install_virtualenv
 link_command
 create_app_user
