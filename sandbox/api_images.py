@@ -58,12 +58,12 @@ class ImageRoutes:
 
     @route("GET", r"/images/(.+)/json")
     def images_inspect(self, name):
-        image = self.engine.images.get(unquote(name))
+        image = self.engine.images.get(image_ref(name))
         self.send_json(200, image_inspect(image, self.engine.images.tags_of(image.id)))
 
     @route("GET", r"/images/(.+)/history")
     def images_history(self, name):
-        image = self.engine.images.get(unquote(name))
+        image = self.engine.images.get(image_ref(name))
         self.send_json(200, image_history(image, self.engine.images.tags_of(image.id)))
 
     @route("POST", r"/images/(.+)/tag")
@@ -73,7 +73,7 @@ class ImageRoutes:
             raise ApiError(400, "tag needs a repository name (?repo=NAME&tag=TAG)")
         if "@" in repo or "@" in tag:
             raise ApiError(400, "an image can be tagged with a name and a tag, not a digest")
-        image = self.engine.images.tag(unquote(name), f"{repo}:{tag}")
+        image = self.engine.images.tag(image_ref(name), familiar(f"{repo}:{tag}"))
         self.engine.bus.emit("image.tagged", {"image": image.id}, {"name": image.name},
                              host=self.engine.host)
         self.send_json(201, None)
@@ -81,7 +81,7 @@ class ImageRoutes:
     @route("DELETE", r"/images/(.+)")
     def images_delete(self, name):
         try:
-            result = self.engine.remove_image(unquote(name), force=self.flag("force"))
+            result = self.engine.remove_image(image_ref(name), force=self.flag("force"))
         except Conflict as exc:
             raise ApiError(409, f"conflict: {exc}") from None
         answer = [{"Untagged": n} for n in result["untagged"]]
@@ -117,11 +117,11 @@ class ImageRoutes:
 
     @route("GET", r"/images/get")
     def images_save_many(self):
-        self.send_image_archive([unquote(n) for n in self.query_all.get("names", []) if n])
+        self.send_image_archive([image_ref(n) for n in self.query_all.get("names", []) if n])
 
     @route("GET", r"/images/(.+)/get")
     def images_save(self, name):
-        self.send_image_archive([unquote(name)])
+        self.send_image_archive([image_ref(name)])
 
     def send_image_archive(self, names: list[str]) -> None:
         if not names:
@@ -166,7 +166,7 @@ class ImageRoutes:
         if self.query.get("fromSrc") is not None:
             raise ApiError(400, "docker import is not supported here: use docker load for a "
                                 "docker save archive, or a Dockerfile FROM scratch with ADD")
-        image = unquote(self.query.get("fromImage") or "")
+        image = self.query.get("fromImage") or ""
         if not image:
             raise ApiError(400, "pull needs an image (?fromImage=NAME&tag=TAG)")
         reference = with_tag(image, self.query.get("tag") or "")
@@ -287,7 +287,7 @@ class ImageRoutes:
         lines.finish()
 
     def build_options(self) -> BuildOptions:
-        tags = [t for t in self.query_all.get("t", []) if t]
+        tags = [familiar(t) for t in self.query_all.get("t", []) if t]
         for tag in tags:
             check_reference(tag)
         build_args = self.json_query("buildargs", dict) or {}
@@ -320,7 +320,7 @@ class ImageRoutes:
         repo, tag = self.query.get("repo") or "", self.query.get("tag") or ""
         if tag and not repo:
             raise ApiError(400, "a tag needs a repository name (?repo=NAME&tag=TAG)")
-        name = f"{repo}:{tag}" if repo and tag else repo or None
+        name = familiar(f"{repo}:{tag}" if tag else repo) if repo else None
         # The CLI sends one `changes` per --change; docker-py may join them with newlines.
         changes: list[str] | dict = [line for value in self.query_all.get("changes", [])
                                      for line in value.splitlines() if line.strip()]
@@ -575,6 +575,11 @@ def registry_of(reference: str) -> str | None:
     if not sep or not ("." in first or ":" in first or first == "localhost"):
         return None
     return None if first in DOCKER_HUB else first
+
+
+def image_ref(text: str) -> str:
+    """An image name or id from a URL, as the store knows it."""
+    return familiar(unquote(text))
 
 
 def familiar(reference: str) -> str:

@@ -28,6 +28,8 @@ def main(args) -> int:
         figures = bench_build(args.state_dir)
     elif args.name == "distribution":
         figures = bench_distribution()
+    elif args.name == "cli":
+        figures = bench_cli(args.n)
     else:
         raise SystemExit(f"unknown benchmark {args.name}")
     print(json.dumps(figures))
@@ -324,3 +326,57 @@ def bench_distribution(rounds: int = 5, size: int = 100 * 1000 * 1000) -> dict:
 def config_size(engine: Engine, reference: str) -> int:
     image = engine.images.get(reference)
     return image.manifest["config"]["size"]
+
+
+def bench_cli(n: int) -> dict:
+    """``cli``: ``docker run --rm busybox true`` through the real CLI against the daemon vs
+    ``runc run`` on the same rootfs; ``docker ps`` with 100 running containers."""
+    docker = shutil.which("docker")
+    if docker is None:
+        raise SystemExit("no docker CLI on this machine (the setup installs one)")
+    workdir = Path(tempfile.mkdtemp(prefix="glassbox-bench-"))
+    state = workdir / "state"
+    glassbox = str(Path(sys.executable).parent / "glassbox")
+    daemon = subprocess.Popen([glassbox, "daemon", "--state-dir", str(state)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, DOCKER_HOST=f"unix://{state / 'hosts/default/docker.sock'}",
+               HOME=str(workdir))
+
+    def docker_cli(*args, **kwargs):
+        return subprocess.run([docker, *args], env=env, capture_output=True, **kwargs)
+
+    try:
+        deadline = time.monotonic() + 60
+        while docker_cli("version").returncode != 0:
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise SystemExit("the daemon did not start")
+            time.sleep(0.1)
+        docker_cli("run", "--rm", "busybox", "true", check=True)  # warm up
+        runs = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            docker_cli("run", "--rm", "busybox", "true", check=True)
+            runs.append(time.perf_counter() - t0)
+        layer = next((state / "layers").iterdir())
+        runc = bench_runc([layer], workdir, n)
+        for i in range(100):
+            docker_cli("run", "-d", "--name", f"idle{i}", "busybox", "sleep", "600", check=True)
+        ps = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            listed = docker_cli("ps", "-q", check=True).stdout.split()
+            ps.append(time.perf_counter() - t0)
+        if len(listed) != 100:
+            raise SystemExit(f"docker ps listed {len(listed)} containers, not 100")
+        docker_cli("rm", "-f", *[f"idle{i}" for i in range(100)])
+    finally:
+        daemon.terminate()
+        daemon.wait(60)
+        shutil.rmtree(workdir, ignore_errors=True)
+    ours, peer, listing = summary(runs), summary(runc), summary(ps)
+    ratio = round(ours["median_ms"] / peer["median_ms"], 3)
+    print(f"docker run --rm busybox true (real CLI -> glassbox): median {ours['median_ms']} ms "
+          f"(min {ours['min_ms']}, max {ours['max_ms']}, n={n})")
+    print(f"runc run on the same rootfs: median {peer['median_ms']} ms; ratio {ratio} (target <= 3)")
+    print(f"docker ps with 100 running containers: median {listing['median_ms']} ms (n=10)")
+    return {"bench": "cli", "docker_run": ours, "runc_run": peer, "ratio": ratio, "docker_ps_100": listing}
