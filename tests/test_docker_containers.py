@@ -292,3 +292,29 @@ def test_the_host_terminal_has_the_docker_cli_and_only_its_hosts_socket(docker):
     assert "docker.sock" in text.split("from-the-terminal", 1)[1]
     assert "No such file or directory" in text  # the host's files are not there
     assert docker.ok("ps", "-aq") == ""  # the terminal isn't one of the host's containers
+
+
+def test_glassbox_step_events_stream_and_replay(docker):
+    import http.client
+    import socket as sockets
+    docker.ok("run", "--rm", "--name", "stepper", "busybox", "true")
+    conn = http.client.HTTPConnection("localhost", timeout=10)
+    conn.sock = sockets.socket(sockets.AF_UNIX)
+    conn.sock.connect(str(docker.state / "hosts" / "default" / "docker.sock"))
+    conn.request("GET", "/glassbox/events?since=0")
+    response = conn.getresponse()
+    assert response.status == 200
+    kinds, seqs = [], []
+    while "container.removed" not in kinds:
+        line = response.readline()
+        assert line, "the stream ended"
+        if line.strip():
+            event = json.loads(line)
+            if event["subject"].get("name") == "stepper":
+                kinds.append(event["kind"])
+            seqs.append(event["seq"])
+    conn.close()
+    assert seqs == sorted(seqs)
+    for step in ("cgroup.created", "mount.overlay", "userns.mapped", "ns.unshared", "rootfs.pivoted",
+                 "lockdown.applied", "process.started", "process.exited"):
+        assert step in kinds
