@@ -120,6 +120,11 @@ class ContainerRoutes:
     def containers_create(self):
         body = self.read_json()
         config = config_from_docker(body, self.query.get("name"))
+        try:
+            self.engine.images.get(config.image)
+        except LookupError:
+            # Docker's words: docker-py pulls only on "No such image".
+            raise ApiError(404, f"No such image: {config.image}") from None
         container = self.engine.create(config)
         self.send_json(201, {"Id": container.id, "Warnings": []})
 
@@ -614,7 +619,10 @@ def typed(body: dict, key: str, kind):
 def container_summary(c) -> dict:
     return {"Id": c.id, "Names": ["/" + c.name], "Image": c.image.name, "ImageID": c.image.id,
             "Command": " ".join(c.argv), "Created": int(c.created_at), "State": c.state,
-            "Status": status_text(c), "Ports": [], "Labels": {}}
+            "Status": status_text(c), "Ports": [], "Labels": {},
+            "Mounts": [{"Type": "volume", "Name": m.volume, "Source": m.source,
+                        "Destination": m.target, "Driver": "local", "RW": not m.readonly}
+                       for m in c.config.mounts if m.volume]}
 
 
 def container_inspect(c) -> dict:

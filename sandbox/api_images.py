@@ -17,13 +17,14 @@ import fnmatch
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from urllib.parse import unquote
 
 from sandbox.api_base import MAX_JSON_BODY, ApiError, route
 from sandbox.builder import BuildError, BuildOptions
-from sandbox.engine import Conflict
+from sandbox.engine import Conflict, NotFound
 from sandbox.images import BASE_IMAGES, Image, check_reference
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,12 @@ class ImageRoutes:
 
     @route("GET", r"/images/(.+)/json")
     def images_inspect(self, name):
-        image = self.engine.images.get(image_ref(name))
+        image = self.image(image_ref(name))
         self.send_json(200, image_inspect(image, self.engine.images.tags_of(image.id)))
 
     @route("GET", r"/images/(.+)/history")
     def images_history(self, name):
-        image = self.engine.images.get(image_ref(name))
+        image = self.image(image_ref(name))
         self.send_json(200, image_history(image, self.engine.images.tags_of(image.id)))
 
     @route("POST", r"/images/(.+)/tag")
@@ -73,15 +74,17 @@ class ImageRoutes:
             raise ApiError(400, "tag needs a repository name (?repo=NAME&tag=TAG)")
         if "@" in repo or "@" in tag:
             raise ApiError(400, "an image can be tagged with a name and a tag, not a digest")
-        image = self.engine.images.tag(image_ref(name), familiar(f"{repo}:{tag}"))
+        image = self.engine.images.tag(self.image(image_ref(name)).id, new_name(f"{repo}:{tag}"))
         self.engine.bus.emit("image.tagged", {"image": image.id}, {"name": image.name},
                              host=self.engine.host)
         self.send_json(201, None)
 
     @route("DELETE", r"/images/(.+)")
     def images_delete(self, name):
+        ref = image_ref(name)
+        self.image(ref)
         try:
-            result = self.engine.remove_image(image_ref(name), force=self.flag("force"))
+            result = self.engine.remove_image(ref, force=self.flag("force"))
         except Conflict as exc:
             raise ApiError(409, f"conflict: {exc}") from None
         answer = [{"Untagged": n} for n in result["untagged"]]
@@ -117,7 +120,7 @@ class ImageRoutes:
 
     @route("GET", r"/images/get")
     def images_save_many(self):
-        self.send_image_archive([image_ref(n) for n in self.query_all.get("names", []) if n])
+        self.send_image_archive([familiar(n) for n in self.query_all.get("names", []) if n])
 
     @route("GET", r"/images/(.+)/get")
     def images_save(self, name):
@@ -127,17 +130,18 @@ class ImageRoutes:
         if not names:
             raise ApiError(400, "save needs at least one image (?names=IMAGE)")
         for name in names:
-            self.engine.images.get(name)  # a missing image is a 404, before any byte of the tar
+            self.image(name)  # a missing image is a 404, before any byte of the tar
         self.start_stream("application/x-tar")
         try:
             with ChunkWriter(self) as out:
                 self.engine.export_images(names, out)
-        except Exception as exc:
-            # Half a tar has gone out: a JSON error in it would only corrupt it further.
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            return
+        except Exception:
+            # Part of the tar has gone out: a JSON error in it would only corrupt it further.
             # Closing without the last chunk tells the client the body is incomplete.
-            log.error("docker save of %s failed after the response began: %s", names, exc)
-            self.streaming = False
-            self.hijacked = True
+            log.exception("docker save of %s failed after the response began", names)
             self.close_connection = True
             return
         self.end_stream()
@@ -177,6 +181,16 @@ class ImageRoutes:
         self.engine.pull(reference, username, password, progress=lines.write)
         lines.finish()
 
+    def image(self, ref: str) -> Image:
+        """An image by name or id; a missing one in Docker's words (docker-py looks for them)."""
+        try:
+            return self.engine.images.get(ref)
+        except LookupError as exc:
+            if "ambiguous" in str(exc):
+                raise ApiError(400, str(exc).strip("'\"")) from None
+            here = ", ".join(sorted({t for _, tags in images_by_id(self.engine) for t in tags})) or "none"
+            raise ApiError(404, f"No such image: {ref} (images here: {here})") from None
+
     def no_registry_message(self, reference: str) -> str:
         name = familiar(reference)
         try:
@@ -199,7 +213,7 @@ class ImageRoutes:
                                 "HOST:PORT/NAME:TAG), then push that")
         if tag:
             refs = [with_tag(name, tag)]
-            self.engine.images.get(refs[0])
+            self.image(refs[0])
         else:  # every tag of the repository, as docker push --all-tags
             refs = [t for _, tags in images_by_id(self.engine) for t in tags
                     if t.rsplit(":", 1)[0] == name]
@@ -242,9 +256,15 @@ class ImageRoutes:
                                 '{"username": …, "password": …}') from None
         if not isinstance(auth, dict):
             raise ApiError(400, "invalid X-Registry-Auth header: expected a JSON object")
-        username = auth.get("username") or None
-        return (str(username) if username else None,
-                str(auth["password"]) if username and auth.get("password") is not None else None)
+        username, password = auth.get("username"), auth.get("password")
+        if not username and auth.get("auth"):  # "auth": base64 of "user:password", as config.json has it
+            try:
+                username, _, password = base64.b64decode(auth["auth"]).decode().partition(":")
+            except (ValueError, binascii.Error):
+                raise ApiError(400, "invalid X-Registry-Auth header: unreadable auth field") from None
+        if not username:
+            return None, None
+        return str(username), None if password is None else str(password)
 
     # ------------------------------------------------------------------ build and commit
 
@@ -266,10 +286,10 @@ class ImageRoutes:
             elif not quiet:
                 lines.write({"stream": text})
 
-        labels = self.json_query("labels", dict) or {}
+        labels = self.json_object_query("labels")
         context = LimitedBody(self.body(), MAX_BUILD_CONTEXT, "the build context")
         try:
-            image = self.engine.build_context(context, options, out)
+            image = self.engine.build_context(EndedTar(context), options, out)
         except BuildError as exc:
             raise ApiError(400, str(exc)) from None
         finally:
@@ -287,10 +307,8 @@ class ImageRoutes:
         lines.finish()
 
     def build_options(self) -> BuildOptions:
-        tags = [familiar(t) for t in self.query_all.get("t", []) if t]
-        for tag in tags:
-            check_reference(tag)
-        build_args = self.json_query("buildargs", dict) or {}
+        tags = [new_name(t) for t in self.query_all.get("t", []) if t]
+        build_args = self.json_object_query("buildargs")
         memory = self.integer("memory")
         return BuildOptions(
             tags=tags,
@@ -300,17 +318,18 @@ class ImageRoutes:
             no_cache=self.flag("nocache"),
             memory=memory if memory and memory > 0 else None)
 
-    def json_query(self, name: str, kind: type):
+    def json_object_query(self, name: str) -> dict:
+        """A query parameter holding a JSON object (``buildargs``, ``labels``)."""
         raw = self.query.get(name)
         if not raw:
-            return None
+            return {}
         try:
             value = json.loads(raw)
         except ValueError:
             raise ApiError(400, f"invalid {name}: not JSON ({raw[:80]!r})") from None
-        if value is not None and not isinstance(value, kind):
-            raise ApiError(400, f"invalid {name}: expected a JSON {'object' if kind is dict else kind.__name__}")
-        return value
+        if value is not None and not isinstance(value, dict):
+            raise ApiError(400, f"invalid {name}: expected a JSON object")
+        return value or {}
 
     @route("POST", r"/commit")
     def commit_container(self):
@@ -320,13 +339,17 @@ class ImageRoutes:
         repo, tag = self.query.get("repo") or "", self.query.get("tag") or ""
         if tag and not repo:
             raise ApiError(400, "a tag needs a repository name (?repo=NAME&tag=TAG)")
-        name = familiar(f"{repo}:{tag}" if tag else repo) if repo else None
+        name = new_name(f"{repo}:{tag}" if tag else repo) if repo else None
         # The CLI sends one `changes` per --change; docker-py may join them with newlines.
         changes: list[str] | dict = [line for value in self.query_all.get("changes", [])
                                      for line in value.splitlines() if line.strip()]
         config = self.optional_json_object()
         if not changes and config:
             changes = {k: v for k, v in config.items() if k in COMMIT_CONFIG_KEYS and v}
+            if isinstance(changes.get("Env"), list):  # merged into the container's, as dockerd does
+                env = dict(item.partition("=")[::2] for item in self.engine.get(container).env)
+                env.update(str(item).partition("=")[::2] for item in changes["Env"])
+                changes["Env"] = [f"{k}={v}" for k, v in env.items()]
         image = self.engine.commit(container, name, author=self.query.get("author") or "",
                                    message=self.query.get("comment") or "", changes=changes)
         self.send_json(201, {"Id": image.id})
@@ -372,8 +395,9 @@ class ImageRoutes:
             raise ApiError(400, f"volume driver {body['Driver']!r} is not available here: only 'local'")
         if body.get("DriverOpts"):
             raise ApiError(400, "volume driver options (-o) are not supported here")
-        name, labels = body.get("Name") or None, body.get("Labels") or {}
-        if name is not None and not isinstance(name, str):
+        # Unnamed, it gets a random name, but it isn't anonymous: prune keeps it, as Docker does.
+        name, labels = body.get("Name") or secrets.token_hex(32), body.get("Labels") or {}
+        if not isinstance(name, str):
             raise ApiError(400, "Name must be a string")
         if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
             raise ApiError(400, "Labels must be an object of strings")
@@ -388,7 +412,7 @@ class ImageRoutes:
     def volumes_delete(self, name):
         try:
             self.engine.remove_volume(unquote(name))
-        except LookupError:
+        except NotFound:
             if not self.flag("force"):
                 raise
         self.send_json(204, None)
@@ -437,6 +461,10 @@ class ImageRoutes:
             upper = c.rw_dir / "upper"
             row["SizeRw"] = dir_size(upper) if upper.is_dir() else 0
             row["SizeRootFs"] = row["SizeRw"] + sum(layer_size(p) for p in c.image.layers)
+            # `docker system df -v` counts a container's local volumes from these.
+            row.setdefault("Mounts", [{"Type": "volume", "Name": m.volume, "Source": m.source,
+                                       "Destination": m.target, "Driver": "local",
+                                       "RW": not m.readonly} for m in c.config.mounts if m.volume])
             container_rows.append(row)
         volume_rows = []
         for volume in engine.volumes.list():
@@ -541,6 +569,40 @@ class LimitedBody:
         return data
 
 
+class EndedTar:
+    """A tar stream given the end Python's tarfile needs.
+
+    With ``-f`` outside the context directory, the docker CLI appends the Dockerfile
+    to the context tar and stops: no padding after its last 30 bytes, no end-of-archive
+    blocks. Go's tar reader takes that EOF as the end; Python's calls it "unexpected
+    end of data". Zeros up to the next block and two zero blocks end it properly (a
+    complete tar already ends with zero blocks; more change nothing). A compressed
+    stream is left alone: the CLI never sends one truncated that way.
+    """
+
+    COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.size = 0
+        self.head = b""
+        self.ending: bytes | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if self.ending is None:
+            data = self.raw.read(size)
+            if data:
+                if len(self.head) < 6:
+                    self.head += data[:6 - len(self.head)]
+                self.size += len(data)
+                return data
+            compressed = any(self.head.startswith(m) for m in self.COMPRESSED)
+            self.ending = b"" if compressed else b"\0" * ((-self.size) % 512 + 1024)
+        data = self.ending if size is None or size < 0 else self.ending[:size]
+        self.ending = self.ending[len(data):]
+        return data
+
+
 class ChunkWriter:
     """A file to write a response body into, sent in chunks of about 64 KiB."""
 
@@ -580,6 +642,18 @@ def registry_of(reference: str) -> str | None:
 def image_ref(text: str) -> str:
     """An image name or id from a URL, as the store knows it."""
     return familiar(unquote(text))
+
+
+def new_name(text: str) -> str:
+    """A name to give an image: Docker's rules (lower-case repository), with its tag."""
+    name = check_reference(familiar(text))
+    host = registry_of(name)
+    path = name[len(host) + 1:] if host else name
+    repository = path.rsplit(":", 1)[0] if ":" in path.rsplit("/", 1)[-1] else path
+    if repository != repository.lower():
+        raise ApiError(400, f"invalid reference format: repository name ({repository}) must be "
+                            "lowercase")
+    return name
 
 
 def familiar(reference: str) -> str:

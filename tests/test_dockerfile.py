@@ -11,7 +11,20 @@ from sandbox.dockerfile import (
     healthcheck_config, parse, stages,
 )
 
-CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "dockerfile"
+def conformance_dir() -> Path:
+    """BuildKit's data in the workplace's ``shared/`` (``../shared`` from the checkout, or
+    ``GLASSBOX_SHARED``, or the workplace's own copy for clones elsewhere)."""
+    import os
+    candidates = [Path(os.environ["GLASSBOX_SHARED"])] if os.environ.get("GLASSBOX_SHARED") else []
+    candidates += [Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")]
+    for shared in candidates:
+        if (shared / "conformance" / "dockerfile" / "parser").is_dir():
+            return shared / "conformance" / "dockerfile"
+    raise RuntimeError("BuildKit's conformance data was not found: set GLASSBOX_SHARED to the "
+                       f"shared/ directory (looked in {', '.join(map(str, candidates))})")
+
+
+CONFORMANCE = conformance_dir()
 PARSER_CASES = sorted(p for p in (CONFORMANCE / "parser").iterdir() if p.is_dir())
 NEGATIVE_CASES = sorted(p for p in (CONFORMANCE / "parser-negative").iterdir() if p.is_dir())
 
