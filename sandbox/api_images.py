@@ -268,6 +268,14 @@ class ImageRoutes:
 
     # ------------------------------------------------------------------ build and commit
 
+    @route("POST", r"/build/prune")
+    def build_prune(self):
+        """``docker builder prune``: forget the host's build cache; collect what only it kept."""
+        result = self.engine.prune_build_cache()
+        freed = len(result["blobs"]) + len(result["layers"])
+        self.send_json(200, {"CachesDeleted": [f"entry-{i}" for i in range(result["entries"])],
+                             "SpaceReclaimed": 0 if not freed else -1})
+
     @route("POST", r"/build")
     def build_image(self):
         if self.query.get("remote"):
@@ -286,7 +294,6 @@ class ImageRoutes:
             elif not quiet:
                 lines.write({"stream": text})
 
-        labels = self.json_object_query("labels")
         context = LimitedBody(self.body(), MAX_BUILD_CONTEXT, "the build context")
         try:
             image = self.engine.build_context(EndedTar(context), options, out)
@@ -295,9 +302,6 @@ class ImageRoutes:
         finally:
             if not context.finished:
                 self.close_connection = True
-        if labels and not quiet:
-            lines.write({"stream": "[Warning] --label is not supported by Glassbox's builder: the "
-                                   "labels were not applied (use LABEL in the Dockerfile)\n"})
         lines.write({"aux": {"ID": image.id}})
         if quiet:
             lines.write({"stream": image.id + "\n"})
@@ -316,6 +320,7 @@ class ImageRoutes:
             build_args={str(k): str(v) for k, v in build_args.items() if v is not None},
             target=self.query.get("target") or None,
             no_cache=self.flag("nocache"),
+            labels={str(k): str(v) for k, v in self.json_object_query("labels").items()},
             memory=memory if memory and memory > 0 else None)
 
     def json_object_query(self, name: str) -> dict:

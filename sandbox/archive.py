@@ -154,6 +154,8 @@ class _Unpacker:
         self.root_fd = root_fd
         self.as_root = as_root
         self.overlay_whiteouts = overlay_whiteouts
+        self.max_bytes: int | None = None
+        self.written = 0
         self.dirs: list[tuple[list[str], int]] = []  # (parts, mtime), applied at the end
 
     def open_dir(self, parts: list[str], name: str, create: bool) -> int:
@@ -247,6 +249,11 @@ class _Unpacker:
                 try:
                     src = tar.extractfile(member)
                     while chunk := src.read(_CHUNK):
+                        self.written += len(chunk)
+                        if self.max_bytes is not None and self.written > self.max_bytes:
+                            # A small compressed archive may unpack to anything (a "gzip bomb").
+                            raise UnsafeArchiveError(f"the archive unpacks to more than "
+                                                     f"{self.max_bytes} bytes (at {name!r})")
                         os.write(fd, chunk)
                     self.own(fd, member)
                     os.utime(fd, (member.mtime, member.mtime))
@@ -326,7 +333,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def extract_layer(tar_path: str | os.PathLike, dest: Path, overlay_whiteouts: bool = True) -> None:
+def extract_layer(tar_path: str | os.PathLike, dest: Path, overlay_whiteouts: bool = True,
+                  max_bytes: int | None = None) -> None:
     """Unpacks a layer tar (plain or compressed) into the new directory ``dest``.
 
     Raises UnsafeArchiveError, naming the entry, for absolute paths, ``..``,
@@ -349,6 +357,7 @@ def extract_layer(tar_path: str | os.PathLike, dest: Path, overlay_whiteouts: bo
             os.fchmod(root_fd, 0o755)
             unpacker = _Unpacker(root_fd, as_root=os.geteuid() == 0,
                                  overlay_whiteouts=overlay_whiteouts)
+            unpacker.max_bytes = max_bytes
             with tarfile.open(tar_path, mode="r|*") as tar:
                 for member in tar:
                     unpacker.add(tar, member)

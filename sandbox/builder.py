@@ -59,6 +59,7 @@ class BuildOptions:
     build_args: dict[str, str] = dataclasses.field(default_factory=dict)
     target: str | None = None
     no_cache: bool = False
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)  # --label: a last LABEL step
     memory: int | None = None      # limits of every RUN container
     pids_limit: int | None = None
     timeout: float | None = 600
@@ -128,6 +129,13 @@ class Builder:
             built[str(stage.index)] = state
             if stage.name:
                 built[stage.name] = state
+        if options.labels and state is not None:
+            # As Docker's classic builder: the labels are one more (config-only) step.
+            labels = dict(state.run_config.get("Labels") or {})
+            labels.update(options.labels)
+            state.run_config["Labels"] = labels
+            pairs = " ".join(f'"{k}"="{v}"' for k, v in sorted(options.labels.items()))
+            self._metadata(state, None, f"LABEL {pairs}")
         unused = sorted(set(options.build_args) - self.used_args - BUILTIN_ARGS)
         if unused:
             out(f"[Warning] One or more build-args {unused} were not consumed\n")

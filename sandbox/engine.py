@@ -435,12 +435,25 @@ class Engine:
                     shutil.copyfileobj(context, spool, 1 << 20)
                 context = scratch / "context.tar"
             try:
-                extract_layer(context, scratch / "context", overlay_whiteouts=False)
+                extract_layer(context, scratch / "context", overlay_whiteouts=False,
+                              max_bytes=self.policy.max_context_bytes)
             except (UnsafeArchiveError, tarfile.TarError) as exc:
                 raise EngineError(f"invalid build context: {exc}") from None
             return self.build(scratch / "context", options, out)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def prune_build_cache(self) -> dict:
+        """Forgets this host's build cache, then collects the layers only it kept."""
+        cache = self.images.oci / "build-cache.json"
+        with self.images.lock():
+            try:
+                entries = len(json.loads(cache.read_text()))
+            except (OSError, ValueError):
+                entries = 0
+            cache.unlink(missing_ok=True)
+        collected = self.gc()
+        return {"entries": entries, **collected}
 
     def export_images(self, refs: list[str], out: BinaryIO) -> None:
         """``docker save``: a tar that is both an OCI layout and Docker's legacy format."""
@@ -609,6 +622,7 @@ class Policy:
     min_cpus: float = 0.1                # below this the shared zygote waits on a starved helper
     max_mounts: int = 32
     max_command_bytes: int = 128 * 1024  # argv + env
+    max_context_bytes: int = 2 * 1024**3  # a build context, unpacked
 
 
 FORBIDDEN_TARGETS = ("/proc", "/sys", "/dev")

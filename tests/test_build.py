@@ -289,3 +289,11 @@ def test_build_args_and_unused_warning(engine, context):
     assert "[Warning] One or more build-args ['EXTRA'] were not consumed" in log
     _, log = build(engine, context, build_args={"NAME": "other"})
     assert "name=other" in log and "Running in" in log  # a different arg value is a different key
+
+
+def test_labels_given_to_the_build_are_a_last_config_step(engine, context):
+    write(context, {"Dockerfile": "FROM busybox\nLABEL from=dockerfile\n"})
+    image, _ = build(engine, context, labels={"course": "containers-101"})
+    assert image.config["config"]["Labels"] == {"from": "dockerfile", "course": "containers-101"}
+    assert image.config["history"][-1]["created_by"] == 'LABEL "course"="containers-101"'
+    assert len(image.layers) == 1

@@ -146,3 +146,30 @@ def test_two_hosts_share_a_state_dir_but_not_their_images_or_containers(state_di
     finally:
         node1.close()
         node2.close()
+
+
+def test_a_context_that_unpacks_too_big_is_refused(engine):
+    import gzip
+    from sandbox.engine import EngineError
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w") as tar:
+        data = b"\0" * (8 << 20)
+        info = tarfile.TarInfo("zeros")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    bomb = io.BytesIO(gzip.compress(payload.getvalue()))
+    engine.policy.max_context_bytes = 1 << 20
+    import pytest
+    with pytest.raises(EngineError, match="unpacks to more than"):
+        engine.build_context(bomb, BuildOptions())
+    assert not list(engine.state_dir.glob(".context-*"))
+
+
+def test_pruning_the_build_cache_frees_the_layers_only_it_kept(engine, state_dir):
+    build(engine, state_dir / "c", "FROM busybox\nRUN echo cached > /cached\n", "pruned")
+    engine.remove_image("pruned")
+    layers_before = set(engine.images.layers_dir.iterdir())
+    result = engine.prune_build_cache()
+    assert result["entries"] >= 1 and result["layers"]
+    assert set(engine.images.layers_dir.iterdir()) < layers_before
+    assert engine.images.get("busybox").layers[0].is_dir()
