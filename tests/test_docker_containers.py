@@ -318,3 +318,41 @@ def test_glassbox_step_events_stream_and_replay(docker):
     for step in ("cgroup.created", "mount.overlay", "userns.mapped", "ns.unshared", "rootfs.pivoted",
                  "lockdown.applied", "process.started", "process.exited"):
         assert step in kinds
+
+
+def test_kill_exec_with_a_tty_and_streaming_stats(docker):
+    docker.ok("run", "-d", "--name", "target", "busybox", "sh", "-c", "trap 'exit 42' USR1; while true; do sleep 0.1; done")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(DOCKER, [DOCKER, "exec", "-it", "target", "sh"], docker.env())
+    output, sent = b"", False
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        if not sent and b"# " in output:
+            os.write(fd, b"tty; echo $$; exit 3\r")
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 3 and b"/dev/pts/" in output
+    stats = subprocess.Popen([DOCKER, "stats", "--format", "{{.Name}} {{.PIDs}}", "target"], env=docker.env(),
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.time() + 20
+        while len([l for l in lines if "target" in l]) < 2 and time.time() < deadline:
+            lines.append(stats.stdout.readline())
+    finally:
+        stats.kill()  # the CLI keeps streaming until it is stopped, as with Ctrl-C
+        stats.wait(10)
+    assert len([l for l in lines if "target" in l]) >= 2  # it streams: more than one reading
+    docker.ok("kill", "-s", "USR1", "target")
+    assert docker.ok("wait", "target").strip() == "42"
