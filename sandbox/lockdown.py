@@ -192,10 +192,17 @@ def lock_down(bpf: bytes, keep_caps=DOCKER_DEFAULT_CAPS) -> dict:
     dropped = bound_capabilities(keep_caps)
     set_no_new_privs()
     apply_seccomp(bpf)
+    kept = _DEFAULT_KEPT if keep_caps is DOCKER_DEFAULT_CAPS else \
+        [cap_name(n) for n in range(LAST_CAP + 1) if cap_mask(keep_caps) >> n & 1]
     return {
-        "caps_kept": [cap_name(n) for n in range(LAST_CAP + 1) if cap_mask(keep_caps) >> n & 1],
+        "caps_kept": kept,
         "caps_dropped": len(dropped),
         "no_new_privs": True,
-        "seccomp": {"denied": sorted(DENIED_SYSCALLS), "rules": SECCOMP_RULES},
+        "seccomp": {"denied": _DENIED_SORTED, "rules": SECCOMP_RULES},
         "fds": "close-on-exec from 3",
     }
+
+
+# Computed once, not in every container's PID 1 (each page a fresh child touches is copied).
+_DEFAULT_KEPT = [cap_name(n) for n in range(LAST_CAP + 1) if cap_mask(DOCKER_DEFAULT_CAPS) >> n & 1]
+_DENIED_SORTED = sorted(DENIED_SYSCALLS)

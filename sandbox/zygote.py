@@ -133,6 +133,7 @@ class Zygote:
         signal.signal(signal.SIGCHLD, lambda *_: None)
 
     def serve(self) -> None:
+        note_changed_signals()
         # Every page a forked child writes is copied; the collector would write
         # to every object it visits. Keep it off the objects we have now.
         gc.freeze()
@@ -581,14 +582,27 @@ def reset_signals() -> None:
     Python ignores SIGPIPE and SIGXFSZ; inherited, that would make
     ``yes | head`` spin forever on EPIPE instead of dying as it should.
     """
-    for sig in range(1, signal.NSIG):
+    for sig in CHANGED_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+# Filled in once by the zygote: every signal whose disposition isn't the default
+# there (Python's SIGPIPE, SIGXFSZ, SIGINT; whatever the daemon inherited).
+CHANGED_SIGNALS: list[int] = [signal.SIGPIPE, signal.SIGXFSZ]
+
+
+def note_changed_signals() -> None:
+    found = {signal.SIGPIPE, signal.SIGXFSZ}
+    for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
         try:
-            signal.signal(sig, signal.SIG_DFL)
+            if signal.getsignal(sig) not in (signal.SIG_DFL, None):
+                found.add(sig)
         except (OSError, ValueError):
-            pass  # 32 and 33 belong to libc's threads
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            pass
+    CHANGED_SIGNALS[:] = sorted(found)
 
 
 def setup_stdio(spec: dict, fds: dict) -> None:
