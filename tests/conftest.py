@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,34 @@ def events(engine):
     unsubscribe = engine.bus.subscribe(seen.append)
     yield seen
     unsubscribe()
+
+
+def pty_session(argv: list[str], env: dict | None = None, prompt: bytes | None = None,
+                keys: bytes = b"", timeout: float = 60) -> tuple[int, bytes]:
+    """Runs ``argv`` on a new PTY, as a person at a terminal would; types ``keys`` once
+    ``prompt`` shows. Returns (exit code, everything the terminal showed)."""
+    import pty
+    import select
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(argv[0], argv, env if env is not None else dict(os.environ))
+    output, sent = b"", False
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if prompt is not None and not sent and prompt in output:
+                os.write(fd, keys)
+                sent = True
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output

@@ -4,8 +4,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import pty
-import select
 import signal
 import socket
 import subprocess
@@ -16,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import pty_session
 
 GLASSBOX = str(Path(sys.executable).parent / "glassbox")
 
@@ -59,25 +59,9 @@ def test_run_events_are_json_lines_on_stderr(state_dir, host_unchanged):
 
 
 def test_run_with_a_tty(state_dir, host_unchanged):
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execv(GLASSBOX, [GLASSBOX, "run", "--state-dir", str(state_dir), "--rm", "-t", "busybox",
-                            "sh", "-c", "tty; stty size; exit 7"])
-    output = b""
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    assert os.waitstatus_to_exitcode(status) == 7
+    code, output = pty_session([GLASSBOX, "run", "--state-dir", str(state_dir), "--rm", "-t", "busybox",
+                                "sh", "-c", "tty; stty size; exit 7"])
+    assert code == 7
     assert b"/dev/pts/0" in output
 
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import shutil
 import signal
 import subprocess
@@ -14,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import pty_session
 
 GLASSBOX = str(Path(sys.executable).parent / "glassbox")
 DOCKER = shutil.which("docker")
@@ -134,29 +134,9 @@ def test_create_start_wait_attach(docker):
 
 
 def test_run_interactive_with_a_tty(docker):
-    pid, fd = pty.fork()
-    if pid == 0:
-        env = docker.env()
-        os.execve(DOCKER, [DOCKER, "run", "-it", "--rm", "--hostname", "ptybox", "busybox", "sh"], env)
-    output = b""
-    sent = False
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-        if not sent and b"# " in output:
-            os.write(fd, b"hostname; tty; exit 5\r")
-            sent = True
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    assert os.waitstatus_to_exitcode(status) == 5
+    code, output = pty_session([DOCKER, "run", "-it", "--rm", "--hostname", "ptybox", "busybox", "sh"],
+                               docker.env(), prompt=b"# ", keys=b"hostname; tty; exit 5\r")
+    assert code == 5
     assert b"ptybox" in output and b"/dev/pts/0" in output
 
 
@@ -265,28 +245,9 @@ def test_bad_input_gets_a_clear_4xx_and_the_daemon_keeps_serving(docker):
 
 
 def test_the_host_terminal_has_the_docker_cli_and_only_its_hosts_socket(docker):
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execv(GLASSBOX, [GLASSBOX, "terminal", "--state-dir", str(docker.state)])
-    output = b""
-    sent = False
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-        if not sent and b"default:/#" in output:
-            os.write(fd, b"docker run --rm busybox echo from-the-terminal; ls /run/glassbox; "
-                         b"ls /var/lib/glassbox /proc/1/root/var 2>&1 | head -3; exit\r")
-            sent = True
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
+    _, output = pty_session([GLASSBOX, "terminal", "--state-dir", str(docker.state)], prompt=b"default:/#",
+                            keys=b"docker run --rm busybox echo from-the-terminal; ls /run/glassbox; "
+                                 b"ls /var/lib/glassbox /proc/1/root/var 2>&1 | head -3; exit\r")
     text = output.decode(errors="replace")
     assert "from-the-terminal" in text
     assert "docker.sock" in text.split("from-the-terminal", 1)[1]
@@ -322,27 +283,9 @@ def test_glassbox_step_events_stream_and_replay(docker):
 
 def test_kill_exec_with_a_tty_and_streaming_stats(docker):
     docker.ok("run", "-d", "--name", "target", "busybox", "sh", "-c", "trap 'exit 42' USR1; while true; do sleep 0.1; done")
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(DOCKER, [DOCKER, "exec", "-it", "target", "sh"], docker.env())
-    output, sent = b"", False
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-        if not sent and b"# " in output:
-            os.write(fd, b"tty; echo $$; exit 3\r")
-            sent = True
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    assert os.waitstatus_to_exitcode(status) == 3 and b"/dev/pts/" in output
+    code, output = pty_session([DOCKER, "exec", "-it", "target", "sh"], docker.env(), prompt=b"# ",
+                               keys=b"tty; echo $$; exit 3\r")
+    assert code == 3 and b"/dev/pts/" in output
     stats = subprocess.Popen([DOCKER, "stats", "--format", "{{.Name}} {{.PIDs}}", "target"], env=docker.env(),
                              stdout=subprocess.PIPE, text=True)
     try:
