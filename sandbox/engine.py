@@ -7,6 +7,7 @@ dir left behind if it was killed (processes, cgroups, mounts, directories).
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import fcntl
 import hashlib
@@ -140,8 +141,14 @@ class Engine:
         self.containers_dir.mkdir(parents=True, exist_ok=True)
         self.reconcile()
         self.cgroups = cgroups.detect(self.cgroup_root)  # remove_all took the root group too
-        self.runtime = Runtime(self.state_dir, self.bus, self.cgroups, uid_base=uid_base, host=host,
-                               idmap_dir=self.state_dir / f"idmap-{name}")
+        try:
+            self.runtime = Runtime(self.state_dir, self.bus, self.cgroups, uid_base=uid_base, host=host,
+                                   idmap_dir=self.state_dir / f"idmap-{name}")
+        except BaseException:
+            # Nothing half-made stays: the cgroup root and the lock go with the failure.
+            self.cgroups.remove_all()
+            self._lock_file.close()
+            raise
         self.containers: dict[str, Container] = {}
         self.exec_configs: dict[str, dict] = {}   # docker exec: created, then started by id
         self._lock = threading.Lock()
@@ -149,6 +156,8 @@ class Engine:
         self._sampler = threading.Thread(target=self._sample_loop, args=(sample_interval,),
                                          name="cgroup-sampler", daemon=True)
         self._sampler.start()
+        # A program that forgets close() still leaves nothing behind when it exits.
+        atexit.register(self.close)
 
     # ------------------------------------------------------------------ start-up
 
@@ -595,6 +604,7 @@ class Engine:
         if self._closed.is_set():
             return
         self._closed.set()
+        atexit.unregister(self.close)
         for c in self.list():
             try:
                 self.remove(c, force=True)
