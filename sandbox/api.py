@@ -156,7 +156,11 @@ class ContainerRoutes:
     @route("POST", r"/containers/([^/]+)/stop")
     def containers_stop(self, ref):
         timeout = self.integer("t", self.integer("timeout", 10))
-        stopped = self.engine.stop(ref, timeout=float(timeout if timeout >= 0 else 10))
+        if timeout is None or timeout < 0:
+            timeout = 10
+        if timeout > 3600:
+            raise ApiError(400, f"invalid stop timeout {timeout}: at most 3600 seconds")
+        stopped = self.engine.stop(ref, timeout=float(timeout))
         self.send_json(204 if stopped else 304, None)
 
     @route("POST", r"/containers/([^/]+)/restart")
@@ -211,8 +215,9 @@ class ContainerRoutes:
             if self.flag("stdin"):
                 threading.Thread(target=pump_stdin, args=(sock, c), daemon=True,
                                  name=f"stdin-{c.id[:12]}").start()
+            reading_stdin = self.flag("stdin")
             while not c.stopped.wait(0.5):
-                if c.state == "removed" or out.broken:
+                if c.state == "removed" or out.broken or (not reading_stdin and self.client_gone()):
                     break
         finally:
             if relay in c.listeners:
@@ -253,7 +258,7 @@ class ContainerRoutes:
                     stream, data, at = live.pop(0)
                     if stream in streams and at > last:
                         out.write(stream, stamp(data.decode("utf-8", "replace"), at, timestamps))
-                if c.stopped.wait(0.1) and not live:
+                if (c.stopped.wait(0.1) and not live) or out.broken or self.client_gone():
                     break
         finally:
             if relay and relay in c.listeners:
@@ -272,6 +277,7 @@ class ContainerRoutes:
         if c.state != "running":
             raise ApiError(409, f"container {c.name} is not running")
         ident = os.urandom(32).hex()
+        forget_finished_execs(self.engine.exec_configs)
         self.engine.exec_configs[ident] = {
             "container": c, "cmd": cmd, "env": body.get("Env") or [], "tty": bool(body.get("Tty")),
             "stdin": bool(body.get("AttachStdin")), "workdir": body.get("WorkingDir") or None,
@@ -399,6 +405,8 @@ class ContainerRoutes:
                 try:
                     event = q.get(timeout=1.0)
                 except queue.Empty:
+                    if self.client_gone():
+                        break
                     continue
                 if event.seq <= last_seq:
                     continue
@@ -410,6 +418,13 @@ class ContainerRoutes:
     def send_event(self, message: dict | None) -> None:
         if message is not None:
             self.write_json_line(message)
+
+
+def forget_finished_execs(configs: dict, keep: int = 256) -> None:
+    """Exec records are kept for ``docker exec`` to read the exit code; not forever."""
+    finished = [k for k, v in configs.items() if v["process"] is not None and v["process"].done.is_set()]
+    for ident in finished[:max(0, len(configs) - keep)]:
+        del configs[ident]
 
 
 class FrameWriter:
@@ -574,7 +589,10 @@ def config_from_docker(body: dict, name: str | None) -> ContainerConfig:
     host = body.get("HostConfig") or {}
     if not isinstance(host, dict):
         raise ApiError(400, "HostConfig must be an object")
-    binds = list(host.get("Binds") or [])
+    binds = typed(host, "Binds", list) or []
+    if not all(isinstance(b, str) for b in binds):
+        raise ApiError(400, "HostConfig.Binds must be a list of strings (NAME:/path[:ro])")
+    binds = list(binds)
     for m in host.get("Mounts") or []:
         if not isinstance(m, dict) or m.get("Type") != "volume" or not m.get("Source"):
             raise ApiError(400, "only named volumes can be mounted here (--mount type=volume,...)")
@@ -685,6 +703,8 @@ def iso(t: float | None) -> str:
 def signal_number(name: str) -> int:
     import signal
     if name.isdigit():
+        if not 1 <= int(name) < signal.NSIG:
+            raise ValueError(f"invalid signal {name}: signals are 1 to {signal.NSIG - 1}")
         return int(name)
     name = name.upper()
     if not name.startswith("SIG"):

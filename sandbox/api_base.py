@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 API_VERSION = "1.44"
 MAX_JSON_BODY = 1 << 20
+MAX_CHUNK = 1 << 30
+MAX_CONNECTIONS = 128          # per socket: each is a thread
+REQUEST_TIMEOUT = 60           # seconds to send a request's line and headers
 ROUTES: list[tuple[str, re.Pattern, str]] = []
 
 
@@ -46,12 +49,33 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
 
     def __init__(self, path: str, handler, engine, daemon=None, control: bool = False):
         import os
+        import threading
         if os.path.exists(path):
             os.unlink(path)
         self.engine = engine
         self.daemon = daemon
         self.control = control  # the control socket may also manage hosts
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(path, handler)
+
+    def process_request(self, request, client_address):
+        # One thread per connection, up to a cap: a client opening connections
+        # without end can't exhaust the daemon's threads (or pids).
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                b"Connection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class ChunkedReader:
@@ -73,6 +97,8 @@ class ChunkedReader:
                     self.left = int(line.split(b";")[0].strip(), 16)
                 except ValueError:
                     raise ApiError(400, "malformed chunked request body") from None
+                if self.left < 0 or self.left > MAX_CHUNK or not line.endswith(b"\n"):
+                    raise ApiError(400, "malformed chunked request body (bad chunk size)")
                 if self.left == 0:
                     while self.raw.readline(1024) not in (b"\r\n", b"\n", b""):
                         pass  # trailers
@@ -108,6 +134,8 @@ class LimitedReader:
 class BaseHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"Glassbox/{VERSION}"
+    # A request must arrive within this; streams and hijacks lift it (see below).
+    timeout = REQUEST_TIMEOUT
 
     def address_string(self) -> str:  # unix sockets have no (host, port)
         return "unix"
@@ -266,6 +294,7 @@ class BaseHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
         self.streaming = True
+        self.connection.settimeout(None)  # a stream lasts as long as what it follows
 
     def write_chunk(self, data: bytes) -> None:
         if data:
@@ -296,4 +325,14 @@ class BaseHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.hijacked = True
         self.close_connection = True
+        self.connection.settimeout(None)
         return self.connection
+
+    def client_gone(self) -> bool:
+        """Has the client closed its end? (For streams that may stay quiet a long time.)"""
+        import select
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True

@@ -236,8 +236,8 @@ class ImageRoutes:
         if not server or server in DOCKER_HUB:
             raise ApiError(400, f"cannot log in to Docker Hub: {NO_PUBLIC_REGISTRY}. Log in to the "
                                 "classroom registry: docker login HOST:PORT")
-        client = RegistryClient(server, str(body.get("username") or ""), str(body.get("password") or ""))
         try:
+            client = RegistryClient(server, str(body.get("username") or ""), str(body.get("password") or ""))
             client.request("GET", "/v2/", ok=(200,)).read()
         except DistributionError as exc:
             status = 401 if exc.status in (401, 403) else 502 if exc.status >= 500 else 400
@@ -259,7 +259,7 @@ class ImageRoutes:
         username, password = auth.get("username"), auth.get("password")
         if not username and auth.get("auth"):  # "auth": base64 of "user:password", as config.json has it
             try:
-                username, _, password = base64.b64decode(auth["auth"]).decode().partition(":")
+                username, _, password = base64.b64decode(str(auth["auth"])).decode().partition(":")
             except (ValueError, binascii.Error):
                 raise ApiError(400, "invalid X-Registry-Auth header: unreadable auth field") from None
         if not username:

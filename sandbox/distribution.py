@@ -19,7 +19,9 @@ import base64
 import dataclasses
 import hashlib
 import http.client
+import ipaddress
 import json
+import os
 import platform
 import re
 from typing import Callable
@@ -85,6 +87,7 @@ class RegistryClient:
 
     def __init__(self, registry: str, username: str | None = None, password: str | None = None,
                  timeout: float = 120):
+        check_registry(registry)
         self.registry = registry
         self.timeout = timeout
         self.auth = None
@@ -117,6 +120,22 @@ class RegistryClient:
 
     def location(self, response: http.client.HTTPResponse) -> str:
         return urljoin(f"http://{self.registry}/", response.getheader("Location") or "")
+
+
+def check_registry(registry: str) -> None:
+    """Students name registries; the daemon connects. Only the classroom's registries
+    (``GLASSBOX_REGISTRIES``, comma-separated ``host:port``) and loopback ones may be
+    reached — never an arbitrary address the daemon's network can see."""
+    allowed = {r.strip() for r in os.environ.get("GLASSBOX_REGISTRIES", "").split(",") if r.strip()}
+    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
+    host = host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if registry not in allowed and not loopback:
+        raise DistributionError(f"the registry {registry} is not one this classroom may use "
+                                f"(allowed: loopback{', ' + ', '.join(sorted(allowed)) if allowed else ''})", 403)
 
 
 def describe_error(body: bytes) -> str:

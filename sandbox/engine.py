@@ -198,6 +198,7 @@ class Engine:
                 raise NotFound(str(exc)) from None
         validate_config(config, self.policy)
         self._attach_volumes(config, image)
+        validate_mounts(config, self.policy)  # the image's VOLUMEs too
         with self._lock:
             if config.name:
                 if any(c.name == config.name for c in self.containers.values()):
@@ -658,6 +659,10 @@ def validate_config(config: ContainerConfig, policy: Policy = Policy()) -> None:
     if policy.max_timeout and (config.timeout is None or config.timeout > policy.max_timeout):
         config.timeout = min(config.timeout or policy.max_timeout, policy.max_timeout)
     validate_command(config, policy)
+    validate_mounts(config, policy)
+
+
+def validate_mounts(config: ContainerConfig, policy: Policy) -> None:
     if len(config.mounts) > policy.max_mounts:
         raise EngineError(f"too many volumes ({len(config.mounts)}; at most {policy.max_mounts})")
     for m in config.mounts:
@@ -709,6 +714,7 @@ def committed_config(parent: dict, c: Container, layer_diff_id: str, author: str
     if unknown:
         raise EngineError(f"can't change {', '.join(sorted(unknown))} in a commit "
                           f"(allowed: {', '.join(sorted(allowed))})")
+    check_change_types(changes)
     run_config.update(changes)
     history = list(parent.get("history") or [])
     entry = {"created": now, "created_by": " ".join(c.argv)}
@@ -724,6 +730,22 @@ def committed_config(parent: dict, c: Container, layer_diff_id: str, author: str
     if author:
         config["author"] = author
     return config
+
+
+def check_change_types(changes: dict) -> None:
+    """What a commit writes into an image config must have the config's types:
+    a bad value would break every container later made from the image."""
+    def strings(value):
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    rules = {"Cmd": strings, "Entrypoint": strings, "OnBuild": strings,
+             "Env": lambda v: strings(v) and all("=" in e for e in v),
+             "WorkingDir": lambda v: isinstance(v, str), "User": lambda v: isinstance(v, str),
+             "StopSignal": lambda v: isinstance(v, str),
+             "Labels": lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in [*v, *v.values()]),
+             "ExposedPorts": lambda v: isinstance(v, dict), "Volumes": lambda v: isinstance(v, dict)}
+    for key, value in changes.items():
+        if value is not None and not rules[key](value):
+            raise EngineError(f"invalid {key} in a commit's changes: {value!r}")
 
 
 COMMIT_INSTRUCTIONS = ("cmd", "entrypoint", "env", "expose", "label", "onbuild", "user",

@@ -144,3 +144,15 @@ def test_bad_references_say_what_is_wrong(engine, registry):
         engine.pull("busybox")
     with pytest.raises(EngineError, match="MANIFEST_UNKNOWN|404"):
         engine.pull(f"{registry.host}/me/nothing:here")
+
+
+def test_the_daemon_connects_only_to_allowed_registries(engine, monkeypatch):
+    # A student names the registry; the daemon must not become their network probe.
+    with pytest.raises(EngineError, match="not one this classroom may use"):
+        engine.pull("10.0.0.5:5000/someone/app:v1")
+    with pytest.raises(EngineError, match="not one this classroom may use"):
+        engine.push("busybox", "192.168.1.1:5000/me/busybox:v1")
+    monkeypatch.setenv("GLASSBOX_REGISTRIES", "10.0.0.5:5000")
+    from sandbox.distribution import check_registry
+    check_registry("10.0.0.5:5000")  # named by the operator: allowed
+    check_registry("127.0.0.1:8000")  # loopback: the classroom registry of glassbox up
