@@ -346,10 +346,15 @@ def run_helper(spec: dict, fds: dict, sync_w: int, go_r: int, bpf: bytes) -> Non
         os.write(sync_w, f"pid {pid}\n".encode())
         os._exit(0)
     except BaseException as exc:
-        step = getattr(exc, "step", "helper")
-        status.fail(step, str(exc))
-        os.write(sync_w, f"error {step} {exc}\n".encode())
-        os._exit(125)
+        helper_failed(status, sync_w, exc, "helper")
+
+
+def helper_failed(status: StatusPipe, sync_w: int, exc: BaseException, default_step: str) -> None:
+    """Tells the daemon (status pipe) and the zygote (sync pipe) which step failed; exits."""
+    step = getattr(exc, "step", default_step)
+    status.fail(step, str(exc))
+    os.write(sync_w, f"error {step} {exc}\n".encode())
+    os._exit(125)
 
 
 def join_cgroup(procs_files: list[str]) -> None:
@@ -718,10 +723,7 @@ def run_exec_helper(spec: dict, fds: dict, sync_w: int, bpf: bytes) -> None:
         os.write(sync_w, f"pid {pid}\n".encode())
         os._exit(0)
     except BaseException as exc:
-        step = getattr(exc, "step", "exec")
-        status.fail(step, str(exc))
-        os.write(sync_w, f"error {step} {exc}\n".encode())
-        os._exit(125)
+        helper_failed(status, sync_w, exc, "exec")
 
 
 def main() -> None:

@@ -6,7 +6,6 @@ xfails from a review, each with a reproduction, and pass since the fixes.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import shutil
@@ -18,26 +17,15 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.test_docker_containers import DOCKER, Daemon
+from tests.docker_harness import DOCKER, Daemon, unix_request
 
 pytestmark = pytest.mark.skipif(DOCKER is None, reason="no docker CLI (./test installs one)")
-
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float = 30):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = str(path)
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
 
 
 @pytest.fixture(scope="module")
 def daemon():
     top = Path(tempfile.mkdtemp(prefix="glassbox-test-abuse-"))
-    daemon = Daemon(top / "state")
+    daemon = Daemon(top)
     yield daemon
     daemon.stop()
     shutil.rmtree(top, ignore_errors=True)
@@ -46,15 +34,10 @@ def daemon():
 @pytest.fixture(scope="module")
 def api(daemon):
     def call(method, url, body=None, headers=None, host="default", control=False):
-        path = daemon.state / "glassbox.sock" if control else daemon.state / "hosts" / host / "docker.sock"
-        conn = UnixConnection(path)
+        path = daemon.state / "glassbox.sock" if control else daemon.host_socket(host)
         if isinstance(body, (dict, list)):
             body = json.dumps(body)
-        conn.request(method, url, body=body, headers=headers or {})
-        response = conn.getresponse()
-        data = response.read()
-        conn.close()
-        return response.status, data
+        return unix_request(path, method, url, body, headers)
     return call
 
 

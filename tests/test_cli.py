@@ -1,7 +1,6 @@
 """``glassbox run``, ``glassbox daemon`` and ``glassbox up`` as a user runs them."""
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import pty_session
+from tests.docker_harness import unix_request
 
 GLASSBOX = str(Path(sys.executable).parent / "glassbox")
 
@@ -78,24 +78,10 @@ def test_run_bad_input_says_what_is_wrong(state_dir, host_unchanged):
 
 # ---------------------------------------------------------------------- the daemon
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str):
-        super().__init__("localhost", timeout=30)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
-
-
 def api(sock: Path, method: str, path: str, body=None) -> tuple[int, object]:
-    conn = UnixHTTPConnection(str(sock))
-    conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                 headers={"Content-Type": "application/json"})
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response.status, json.loads(data) if data and data[:1] in b"[{" else data
+    status, data = unix_request(sock, method, path, json.dumps(body) if body is not None else None,
+                                {"Content-Type": "application/json"})
+    return status, json.loads(data) if data and data[:1] in b"[{" else data
 
 
 def start_daemon(state: Path, *extra) -> subprocess.Popen:

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,52 +11,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import pty_session
+from tests.docker_harness import DOCKER, GLASSBOX, Daemon
 
-GLASSBOX = str(Path(sys.executable).parent / "glassbox")
-DOCKER = shutil.which("docker")
 pytestmark = pytest.mark.skipif(DOCKER is None, reason="no docker CLI (./test installs one)")
-
-
-class Daemon:
-    def __init__(self, state: Path):
-        self.state = state
-        self.log = open(state.parent / "daemon.log", "wb")
-        self.process = subprocess.Popen([GLASSBOX, "daemon", "--state-dir", str(state)],
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        self.socket = state / "hosts" / "default" / "docker.sock"
-        deadline = time.time() + 60
-        while not (self.socket.exists() and self.docker("version").returncode == 0):
-            if self.process.poll() is not None or time.time() > deadline:
-                raise AssertionError((state.parent / "daemon.log").read_text())
-            time.sleep(0.1)
-
-    def env(self, host: str = "default") -> dict:
-        return dict(os.environ, DOCKER_HOST=f"unix://{self.state / 'hosts' / host / 'docker.sock'}",
-                    HOME=str(self.state.parent), DOCKER_BUILDKIT="0")
-
-    def docker(self, *args, host: str = "default", input: str | None = None, timeout: float = 60):
-        return subprocess.run([DOCKER, *args], env=self.env(host), capture_output=True, text=True,
-                              input=input, timeout=timeout)
-
-    def ok(self, *args, **kwargs) -> str:
-        result = self.docker(*args, **kwargs)
-        assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}"
-        return result.stdout
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
 def daemon():
     top = Path(tempfile.mkdtemp(prefix="glassbox-test-docker-"))
-    daemon = Daemon(top / "state")
+    daemon = Daemon(top)
     yield daemon
     daemon.stop()
     shutil.rmtree(top, ignore_errors=True)
@@ -68,9 +28,7 @@ def daemon():
 @pytest.fixture
 def docker(daemon):
     yield daemon
-    leftover = daemon.ok("ps", "-aq").split()
-    if leftover:
-        daemon.docker("rm", "-f", *leftover)
+    daemon.remove_containers()
 
 
 def test_version_info_and_ping(docker):
@@ -202,29 +160,14 @@ def test_hosts_are_separate(docker):
                                 capture_output=True, text=True).stdout
         assert "default" in listed and "node2" in listed
         # Not on a host's own socket: hosts are managed through the control socket.
-        import http.client
-        import socket as sockets
-        conn = http.client.HTTPConnection("localhost")
-        conn.sock = sockets.socket(sockets.AF_UNIX)
-        conn.sock.connect(str(docker.state / "hosts" / "default" / "docker.sock"))
-        conn.request("GET", "/glassbox/hosts")
-        assert conn.getresponse().status == 403
+        assert docker.request("GET", "/glassbox/hosts")[0] == 403
     finally:
         subprocess.run([GLASSBOX, "host", "rm", "node2", "--state-dir", str(docker.state)], check=True)
     assert not (docker.state / "hosts" / "node2" / "docker.sock").exists()
 
 
 def test_bad_input_gets_a_clear_4xx_and_the_daemon_keeps_serving(docker):
-    import http.client
-    import socket as sockets
-
-    def request(method, path, body=None, headers=None):
-        conn = http.client.HTTPConnection("localhost", timeout=10)
-        conn.sock = sockets.socket(sockets.AF_UNIX)
-        conn.sock.connect(str(docker.state / "hosts" / "default" / "docker.sock"))
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
+    request = docker.request
 
     status, body = request("POST", "/v1.44/containers/create", b"{not json", {"Content-Type": "application/json"})
     assert status == 400 and b"invalid JSON" in body
@@ -256,12 +199,9 @@ def test_the_host_terminal_has_the_docker_cli_and_only_its_hosts_socket(docker):
 
 
 def test_glassbox_step_events_stream_and_replay(docker):
-    import http.client
-    import socket as sockets
+    from tests.docker_harness import UnixHTTPConnection
     docker.ok("run", "--rm", "--name", "stepper", "busybox", "true")
-    conn = http.client.HTTPConnection("localhost", timeout=10)
-    conn.sock = sockets.socket(sockets.AF_UNIX)
-    conn.sock.connect(str(docker.state / "hosts" / "default" / "docker.sock"))
+    conn = UnixHTTPConnection(docker.socket, timeout=10)
     conn.request("GET", "/glassbox/events?since=0")
     response = conn.getresponse()
     assert response.status == 200

@@ -8,28 +8,21 @@ or docker-py 7, and each test checks what the command said and what state it lef
 from __future__ import annotations
 
 import gzip
-import http.client
 import io
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 docker_py = pytest.importorskip("docker")
 
+from tests.docker_harness import DOCKER, Daemon  # noqa: E402
 from tests.test_registry import USERS, serving  # noqa: E402
 
-GLASSBOX = str(Path(sys.executable).parent / "glassbox")
-DOCKER = shutil.which("docker")
 pytestmark = [
     pytest.mark.skipif(DOCKER is None, reason="no docker CLI (./test installs one)"),
     pytest.mark.skipif(os.geteuid() != 0, reason="the daemon runs containers: needs root"),
@@ -49,91 +42,10 @@ RUN echo final > /final
 
 # ---------------------------------------------------------------------- the daemon
 
-class Daemon:
-    """`glassbox daemon` as a subprocess, and the docker CLI pointed at it."""
-
-    def __init__(self, top: Path):
-        self.top = top
-        self.state = top / "state"
-        self.home = top / "home"
-        self.home.mkdir()
-        self.log_path = top / "daemon.log"
-        self.log = open(self.log_path, "wb")
-        self.process = subprocess.Popen([GLASSBOX, "daemon", "--state-dir", str(self.state)],
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            self.socket = self._socket()
-            if self.socket and self.docker("version").returncode == 0:
-                break
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"the daemon did not come up:\n{self.log_path.read_text()}")
-            time.sleep(0.1)
-        self.client = docker_py.DockerClient(base_url=f"unix://{self.socket}", timeout=120)
-
-    def _socket(self) -> Path | None:
-        for path in (self.state / "hosts" / "default" / "docker.sock", self.state / "glassbox.sock"):
-            if path.exists():
-                return path
-        return None
-
-    def env(self) -> dict:
-        return dict(os.environ, DOCKER_HOST=f"unix://{self.socket}", HOME=str(self.home),
-                    DOCKER_BUILDKIT="0", DOCKER_CONFIG=str(self.home / ".docker"))
-
-    def docker(self, *args, input: str | None = None, timeout: float = 120,
-               cwd: Path | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([DOCKER, *map(str, args)], env=self.env(), capture_output=True,
-                              text=True, input=input, timeout=timeout, cwd=cwd)
-
-    def ok(self, *args, **kwargs) -> str:
-        result = self.docker(*args, **kwargs)
-        assert result.returncode == 0, f"docker {' '.join(map(str, args))}:\n{result.stderr}"
-        return result.stdout
-
-    def fails(self, *args, **kwargs) -> str:
-        """The command's error output; it must have failed."""
-        result = self.docker(*args, **kwargs)
-        assert result.returncode != 0, f"docker {' '.join(map(str, args))} succeeded:\n{result.stdout}"
-        return result.stderr
-
-    def image_ids(self) -> dict[str, str]:
-        """REPOSITORY:TAG -> full image id, from `docker images`."""
-        rows = self.ok("images", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").split("\n")
-        return dict(row.split() for row in rows if row)
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict | None = None) -> tuple[int, bytes]:
-        """One raw HTTP request on the API socket (for inputs no client would send)."""
-        conn = UnixHTTPConnection(str(self.socket))
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str):
-        super().__init__("localhost", timeout=60)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(60)
-        self.sock.connect(self.path)
+def image_ids(daemon) -> dict[str, str]:
+    """REPOSITORY:TAG -> full image id, from `docker images`."""
+    rows = daemon.ok("images", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").split("\n")
+    return dict(row.split() for row in rows if row)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +55,6 @@ def daemon():
     try:
         yield daemon
     finally:
-        daemon.client.close()
         daemon.stop()
         shutil.rmtree(top, ignore_errors=True)
 
@@ -152,9 +63,7 @@ def daemon():
 def docker(daemon):
     """The daemon, with every container a test made removed after it."""
     yield daemon
-    leftover = daemon.ok("ps", "-aq").split()
-    if leftover:
-        daemon.docker("rm", "-f", *leftover)
+    daemon.remove_containers()
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +80,7 @@ def app(daemon, context) -> str:
     """app:v1, built once through the CLI: busybox + the RUN layer + the COPY layer."""
     daemon.ok("build", "-t", "app:v1", "-f", context / "F", "--build-arg", "A=b", "--target", "base",
               "--no-cache", context)
-    return daemon.image_ids()["app:v1"]
+    return image_ids(daemon)["app:v1"]
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +96,7 @@ def build_solo(docker, name: str, marker: str) -> str:
     ctx.mkdir(exist_ok=True)
     (ctx / "Dockerfile").write_text(f"FROM busybox\nRUN echo {marker} > /marker\n")
     docker.ok("build", "-q", "-t", name, ctx)
-    return docker.image_ids()[f"{name}:latest"]
+    return image_ids(docker)[f"{name}:latest"]
 
 
 # ---------------------------------------------------------------------- build
@@ -199,7 +108,7 @@ def test_build_streams_steps_tags_the_image_and_uses_the_cache(docker, context, 
     assert " ---> Running in " in out and " ---> Using cache" not in out
     assert "Successfully built " in out and "Successfully tagged app:v1" in out
     built_id = out.split("Successfully built ")[1].split()[0]
-    assert docker.image_ids()["app:v1"].removeprefix("sha256:").startswith(built_id)
+    assert image_ids(docker)["app:v1"].removeprefix("sha256:").startswith(built_id)
 
     again = docker.ok("build", "-t", "app:v1", "-f", context / "F", "--build-arg", "A=b", "--target", "base",
                       context)
@@ -247,7 +156,7 @@ def test_a_failing_build_step_is_an_error_and_the_daemon_keeps_serving(docker):
     assert result.returncode == 1
     assert "about to fail" in result.stdout
     assert "returned a non-zero code: 3" in result.stderr
-    assert "broken:latest" not in docker.image_ids()
+    assert "broken:latest" not in image_ids(docker)
     with pytest.raises(docker_py.errors.BuildError, match="non-zero code: 3"):
         docker.client.images.build(path=str(ctx), tag="broken")
 
@@ -292,7 +201,7 @@ def test_history_lists_each_step_newest_first_with_its_layer_size(docker, app):
 
 def test_tag_gives_an_image_another_name(docker, app):
     docker.ok("tag", "app:v1", "me/app:v2")
-    ids = docker.image_ids()
+    ids = image_ids(docker)
     assert ids["me/app:v2"] == ids["app:v1"] == app
     assert docker.ok("images", "me/app", "--format", "{{.Repository}}:{{.Tag}}") == "me/app:v2\n"
     assert docker.client.images.get("app:v1").tag("pyrepo/app", "t1") is True
@@ -302,7 +211,7 @@ def test_tag_gives_an_image_another_name(docker, app):
     # Untagging one name of several removes only the name.
     assert docker.ok("rmi", "me/app:v2") == "Untagged: me/app:v2\n"
     docker.client.images.remove("pyrepo/app:t1")
-    assert docker.image_ids()["app:v1"] == app
+    assert image_ids(docker)["app:v1"] == app
 
 
 def test_rmi_refuses_an_image_a_container_uses_then_deletes_it(docker):
@@ -313,13 +222,13 @@ def test_rmi_refuses_an_image_a_container_uses_then_deletes_it(docker):
     with pytest.raises(docker_py.errors.APIError) as refused:
         docker.client.images.remove("solo")
     assert refused.value.status_code == 409
-    assert docker.image_ids()["solo:latest"] == solo
+    assert image_ids(docker)["solo:latest"] == solo
 
     docker.ok("rm", "solo-user")
     out = docker.ok("rmi", "solo").splitlines()
     # (its own layer stays: the build cache still refers to it)
     assert out == ["Untagged: solo:latest", f"Deleted: {solo}"]
-    assert "solo:latest" not in docker.image_ids()
+    assert "solo:latest" not in image_ids(docker)
     assert "No such image: solo" in docker.fails("rmi", "solo")
 
 
@@ -335,7 +244,7 @@ def test_dangling_images_are_listed_and_pruned(docker):
     out = docker.ok("image", "prune", "-f")
     assert f"deleted: {image_id}" in out and "Total reclaimed space:" in out
     assert image_id not in docker.ok("images", "-a", "--no-trunc", "-q")
-    assert "busybox:latest" in docker.image_ids()
+    assert "busybox:latest" in image_ids(docker)
 
 
 # ---------------------------------------------------------------------- commit
@@ -346,7 +255,7 @@ def test_commit_keeps_the_container_changes_with_message_author_and_change(docke
     assert docker.ok("wait", "src").strip() == "0"
     image_id = docker.ok("commit", "-m", "saved data", "-a", "Ann <ann@example.org>",
                          "-c", 'CMD ["cat", "/data.txt"]', "src", "snap:v1").strip()
-    assert image_id.startswith("sha256:") and docker.image_ids()["snap:v1"] == image_id
+    assert image_id.startswith("sha256:") and image_ids(docker)["snap:v1"] == image_id
     [inspect] = json.loads(docker.ok("image", "inspect", "snap:v1"))
     assert inspect["Comment"] == "saved data" and inspect["Author"] == "Ann <ann@example.org>"
     assert inspect["Config"]["Cmd"] == ["cat", "/data.txt"]
@@ -382,10 +291,10 @@ def test_save_then_load_brings_back_the_same_image(docker):
         assert manifest[0]["RepoTags"] == ["saved:latest"]
         assert "index.json" in tar.getnames() and "oci-layout" in tar.getnames()
     docker.ok("rmi", "saved")
-    assert "saved:latest" not in docker.image_ids()
+    assert "saved:latest" not in image_ids(docker)
 
     assert docker.ok("load", "-i", archive) == "Loaded image: saved:latest\n"
-    assert docker.image_ids()["saved:latest"] == saved_id
+    assert image_ids(docker)["saved:latest"] == saved_id
     assert docker.ok("run", "--rm", "saved", "cat", "/marker") == "keep me\n"
 
     # docker-py: GET /images/{name}/get, and POST /images/load.
@@ -454,7 +363,7 @@ def test_system_df_counts_images_containers_and_volumes(docker, app):
     [volume] = [v for v in df["Volumes"] if v["Name"] == "dfvol"]
     assert volume["UsageData"] == {"Size": 5000, "RefCount": 1}
     images = {i["Id"]: i for i in df["Images"]}
-    busybox_id = docker.image_ids()["busybox:latest"]
+    busybox_id = image_ids(docker)["busybox:latest"]
     assert images[busybox_id]["Containers"] >= 1
     assert images[app]["SharedSize"] == images[busybox_id]["Size"]  # they share busybox's layer
     assert df["LayersSize"] >= images[app]["Size"]
@@ -479,7 +388,7 @@ def test_push_and_pull_through_the_classroom_registry(docker, app, registry):
     out = docker.ok("pull", target)
     assert all(f"{layer}: Already exists" in out for layer in layers)  # app:v1 still has them
     assert out.rstrip().endswith(target)
-    assert docker.image_ids()[target] == app
+    assert image_ids(docker)[target] == app
 
     # `docker run` of an image this host lacks pulls it through the registry first.
     docker.ok("tag", "app:v1", f"{registry.host}/me/other:v1")
