@@ -107,8 +107,25 @@ install_docker_cli() {
     return 0
 }
 
-# --- Front-end packages (xterm.js, socket.io-client via npm): added in a later issue. ---
-install_frontend_packages() { :; }
+# The browser's libraries (xterm.js, its fit addon, socket.io-client) come from npm at the
+# versions package-lock.json pins, into node_modules/, which the web app serves itself: a
+# classroom may be offline, so no page loads anything from a CDN. Skipped when the lock
+# file has not changed since the last install.
+install_frontend_packages() {
+    local stamp_file="$ROOT/node_modules/.glassbox-setup" stamp
+    stamp=$(sha256sum "$ROOT/package-lock.json" | cut -d' ' -f1)
+    [[ -f $stamp_file && $(<"$stamp_file") == "$stamp" ]] && return 0
+    if ! command -v npm >/dev/null; then
+        say "installing npm (Debian's package) for the front-end libraries"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends npm \
+            || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends npm; } \
+            || die "could not install npm with apt-get"
+    fi
+    say "installing the front-end packages from package-lock.json (npm ci)"
+    (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error) \
+        || die "npm ci failed (see above); the web app needs node_modules/ for its pages"
+    echo "$stamp" >"$stamp_file"
+}
 
 install_debian_packages
 install_docker_cli
