@@ -5,6 +5,7 @@ configuration that comes in through the factory so that each test builds its own
 """
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from flask import Flask
@@ -29,12 +30,28 @@ def create_app(config: dict | None = None) -> Flask:
         REGISTRY_MAX_TOTAL=20 << 30,          # bytes per classroom (the whole registry without one)
         REGISTRY_USERS=None,                  # None: no classroom, open to loopback clients only
         REGISTRY_USERS_FILE=None,             # or the users as a JSON file
+        SECRET_KEY=None,                      # signs the visitor's cookie; shared by all web nodes
+        HOST_IDLE_TIMEOUT=1800.0,             # seconds before an unused visitor's host is freed
+        HOSTS_PER_ADDRESS_PER_HOUR=20,        # new hosts one client address may be given
+        ALLOWED_ORIGINS=None,                 # Socket.IO origins; None: this site's own only
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=7 * 24 * 3600,
     )
     if config:
         app.config.update(config)
+    if not app.config["SECRET_KEY"]:
+        # Good for one process; `glassbox up` passes a key kept in the state dir, so that
+        # cookies survive a restart and several web nodes can share it.
+        app.logger.warning("no SECRET_KEY: visitors' cookies last until this process ends")
+        app.config["SECRET_KEY"] = secrets.token_hex(32)
 
-    from . import registry, socketio, status
+    from . import csrf, hosts, live, registry, socketio, status, terminals, web  # noqa: F401 (handlers)
     app.register_blueprint(status.bp)
+    app.register_blueprint(web.bp)
+    csrf.init_app(app)
+    hosts.init_app(app)
     registry.init_app(app)
     socketio.init_app(app)
+    live.init_app(app)
     return app

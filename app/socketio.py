@@ -1,7 +1,8 @@
-"""The Socket.IO server that later streams events and terminals to the browser.
+"""The Socket.IO server: live events (live.py) and terminals (terminals.py).
 
 Threading mode: gunicorn serves the app with one worker and many threads
-(`gunicorn -w 1 --threads 100`), WebSockets through simple-websocket.
+(`gunicorn -w 1 --threads 200`), WebSockets through simple-websocket. Eventlet is not
+used (unmaintained). Several web nodes would add ``message_queue="redis://..."`` here.
 """
 from __future__ import annotations
 
@@ -12,4 +13,8 @@ socketio = SocketIO()
 
 
 def init_app(app: Flask) -> None:
-    socketio.init_app(app, async_mode="threading")
+    # The origin check is what stops another site's page from opening a socket with the
+    # visitor's cookie: None lets in only this site's own pages.
+    socketio.init_app(app, async_mode="threading",
+                      cors_allowed_origins=app.config["ALLOWED_ORIGINS"],
+                      max_http_buffer_size=256 * 1024)

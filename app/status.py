@@ -1,7 +1,5 @@
-"""The status page: what the engine is and what it holds, read from the daemon's API.
-
-A stand-in for the real web app, which comes in a later issue.
-"""
+"""The status page (``/status``): what the engine is and what it holds, read from the
+daemon's API. For whoever runs the machine; students work on ``/``."""
 from __future__ import annotations
 
 import datetime
@@ -13,7 +11,7 @@ from .engine_client import EngineClient, EngineError, EngineUnreachable
 bp = Blueprint("status", __name__)
 
 
-@bp.get("/")
+@bp.get("/status")
 def index():
     socket_path = current_app.config["ENGINE_SOCKET"]
     engine = EngineClient(socket_path, timeout=current_app.config["ENGINE_TIMEOUT"])

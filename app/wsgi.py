@@ -24,6 +24,12 @@ def config_from_environment() -> dict:
         config["REGISTRY_ROOT"] = os.environ["GLASSBOX_REGISTRY_ROOT"]
     if os.environ.get("GLASSBOX_REGISTRY_USERS_FILE"):
         config["REGISTRY_USERS_FILE"] = os.environ["GLASSBOX_REGISTRY_USERS_FILE"]
+    if os.environ.get("GLASSBOX_SECRET_KEY"):
+        config["SECRET_KEY"] = os.environ["GLASSBOX_SECRET_KEY"]
+    if os.environ.get("GLASSBOX_IDLE_TIMEOUT"):
+        config["HOST_IDLE_TIMEOUT"] = float(os.environ["GLASSBOX_IDLE_TIMEOUT"])
+    if os.environ.get("GLASSBOX_ALLOWED_ORIGINS"):
+        config["ALLOWED_ORIGINS"] = os.environ["GLASSBOX_ALLOWED_ORIGINS"].split(",")
     return config
 
 

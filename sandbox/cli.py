@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--registry-users", help="JSON file of the classroom registry's users "
                     "(without it the registry is open to loopback clients only)")
+    up.add_argument("--idle-timeout", type=float, default=None,
+                    help="seconds after which an unused visitor's Docker host is freed (default 1800)")
+    up.add_argument("--allowed-origin", action="append", default=[],
+                    help="an origin (https://name:port) whose pages may open Socket.IO connections, "
+                         "when the site is reached through another name (a proxy); repeatable")
 
     daemon = sub.add_parser("daemon", help="the daemon alone")
     state(daemon)
@@ -116,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         from sandbox.daemon import serve
         if args.registry_users:
             os.environ["GLASSBOX_REGISTRY_USERS_FILE"] = os.path.abspath(args.registry_users)
+        if args.idle_timeout:
+            os.environ["GLASSBOX_IDLE_TIMEOUT"] = str(args.idle_timeout)
+        if args.allowed_origin:
+            os.environ["GLASSBOX_ALLOWED_ORIGINS"] = ",".join(args.allowed_origin)
         return serve(args.state_dir, web=(args.host, args.port))
     if args.command == "bench":
         from sandbox import bench

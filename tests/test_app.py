@@ -143,7 +143,7 @@ def client(daemon):
 # --- the status page ---------------------------------------------------------------
 
 def test_status_page_shows_engine_cgroup_driver_images_and_containers(client):
-    response = client.get("/")
+    response = client.get("/status")
     page = response.get_data(as_text=True)
 
     assert response.status_code == 200
@@ -160,7 +160,7 @@ def test_status_page_shows_engine_cgroup_driver_images_and_containers(client):
 
 
 def test_status_page_asks_the_daemon_for_every_container_not_only_running_ones(client, daemon):
-    client.get("/")
+    client.get("/status")
 
     assert daemon.requests == ["/version", "/info", "/images/json", "/containers/json?all=1"]
 
@@ -169,7 +169,7 @@ def test_status_page_says_so_when_the_engine_holds_nothing(client, daemon):
     daemon.routes["/images/json"] = (200, [])
     daemon.routes["/containers/json?all=1"] = (200, [])
 
-    page = client.get("/").get_data(as_text=True)
+    page = client.get("/status").get_data(as_text=True)
 
     assert "No images." in page and "No containers." in page
 
@@ -179,7 +179,7 @@ def test_status_page_escapes_names_that_come_from_students(client, daemon):
         {"Id": "3d" * 32, "Names": ["/<script>alert(1)</script>"], "Image": "busybox:latest",
          "Command": "true", "State": "created", "Status": "Created"}])
 
-    page = client.get("/").get_data(as_text=True)
+    page = client.get("/status").get_data(as_text=True)
 
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -189,7 +189,7 @@ def test_status_page_is_503_naming_the_socket_when_the_daemon_is_down(tmp_path):
     missing_socket = tmp_path / "no-daemon-here.sock"
     client = create_app({"TESTING": True, "ENGINE_SOCKET": str(missing_socket)}).test_client()
 
-    response = client.get("/")
+    response = client.get("/status")
     page = response.get_data(as_text=True)
 
     assert response.status_code == 503
@@ -206,7 +206,7 @@ def test_status_page_is_503_when_nothing_listens_on_the_socket_file(tmp_path):
     sock.close()
     client = create_app({"TESTING": True, "ENGINE_SOCKET": str(stale)}).test_client()
 
-    response = client.get("/")
+    response = client.get("/status")
 
     assert response.status_code == 503
     assert str(stale) in response.get_data(as_text=True)
@@ -215,7 +215,7 @@ def test_status_page_is_503_when_nothing_listens_on_the_socket_file(tmp_path):
 def test_status_page_is_502_with_the_daemons_message_when_it_answers_an_error(client, daemon):
     daemon.routes["/info"] = (500, {"message": "cgroup tree unreadable"})
 
-    response = client.get("/")
+    response = client.get("/status")
     page = response.get_data(as_text=True)
 
     assert response.status_code == 502
@@ -346,7 +346,7 @@ def shared_socket_dir():
 
 def test_gunicorn_serves_the_status_page(tmp_path, daemon):
     with gunicorn_serving(daemon.socket_path, tmp_path / "gunicorn.log") as base_url:
-        status, page = _get(base_url + "/")
+        status, page = _get(base_url + "/status")
 
     assert status == 200
     assert "busybox:latest" in page and "web-demo" in page
@@ -374,7 +374,7 @@ def test_gunicorn_serves_the_status_page_as_the_unprivileged_glassbox_user(
         stand_in.socket_path.chmod(0o666)
         with gunicorn_serving(stand_in.socket_path, tmp_path / "gunicorn.log",
                               "--user", "glassbox", "--group", "glassbox") as base_url:
-            status, page = _get(base_url + "/")
+            status, page = _get(base_url + "/status")
 
     assert status == 200
     assert "busybox:latest" in page

@@ -1,0 +1,251 @@
+"""Live events: the daemon's step events, relayed to the browsers watching each host.
+
+One relay per host in this process reads the host's ``/glassbox/events`` stream from the
+daemon and emits each event to the Socket.IO room of that host. A browser that (re)joins
+says the last sequence number it saw; under the relay's lock it gets what it missed from
+the relay's copy of the daemon's recent events, then joins the room, so no event is missed
+and none arrives twice.
+
+A slow browser never holds anything up: an emit only queues the packet for that browser's
+own writer. A browser whose queue keeps growing (a stalled tab) is disconnected, and
+resumes by sequence number when it comes back.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+from flask import current_app, request, session
+from flask_socketio import disconnect, join_room
+
+from .engine_client import EngineError, EngineRefused
+from .hosts import Host, HostUnavailable, host_name, hosts, visitor_id
+from .socketio import socketio
+
+log = logging.getLogger("glassbox.web")
+
+KEEP = 10_000         # events kept per host, as many as the daemon keeps
+MAX_BACKLOG = 2_000   # packets queued for one browser before it counts as stalled
+
+
+def host_room(host: str) -> str:
+    return f"host:{host}"
+
+
+class Relay:
+    """The events of one host, from the daemon to the room of its browsers."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.room = host_room(host.name)
+        self.recent: collections.deque[dict] = collections.deque(maxlen=KEEP)
+        self.last_seq = 0
+        # Reentrant: dropping a stalled browser runs the disconnect handler, which leaves.
+        self.lock = threading.RLock()
+        self.members: set[str] = set()
+        self.idle_since: float | None = None
+        self.stopped = threading.Event()
+        for event in host.client(timeout=30).lines("/glassbox/events?since=0&follow=0"):
+            self._keep(event)
+        self.thread = threading.Thread(target=self._follow, name=f"relay-{host.name}", daemon=True)
+        self.thread.start()
+
+    def _keep(self, event: dict) -> None:
+        self.recent.append(event)
+        self.last_seq = event["seq"]
+
+    def join(self, sid: str, since: int) -> dict:
+        """Sends ``sid`` the events after ``since`` and adds it to the room, atomically
+        with respect to new events."""
+        with self.lock:
+            missed = [e for e in self.recent if e["seq"] > since]
+            oldest = self.recent[0]["seq"] if self.recent else self.last_seq + 1
+            if since > self.last_seq:  # the host was made anew (seq starts again at 1)
+                missed = list(self.recent)
+            for start in range(0, len(missed), 500):
+                socketio.emit("events", missed[start:start + 500], to=sid)
+            join_room(self.room, sid=sid)
+            self.members.add(sid)
+            self.idle_since = None
+            return {"host": self.host.name, "seq": self.last_seq,
+                    "lost": max(0, oldest - since - 1) if missed else 0}
+
+    def leave(self, sid: str) -> None:
+        with self.lock:
+            self.members.discard(sid)
+            if not self.members:
+                self.idle_since = time.monotonic()
+
+    def _follow(self) -> None:
+        """Reads the daemon's stream, reconnecting (from the last seq) if it breaks."""
+        while not self.stopped.is_set():
+            try:
+                for event in self.host.client().lines(f"/glassbox/events?since={self.last_seq}"):
+                    with self.lock:
+                        if event["seq"] <= self.last_seq:
+                            continue
+                        self._keep(event)
+                        socketio.emit("events", [event], to=self.room)
+                        self._drop_stalled()
+                    if self.stopped.is_set():
+                        return
+            except EngineRefused as e:
+                log.info("events of %s: %s", self.host.name, e)
+            except EngineError as e:
+                log.warning("events of %s broke off: %s", self.host.name, e)
+            if self.stopped.wait(1.0):
+                return
+            self.stopped.set() if self._host_gone() else None
+
+    def _host_gone(self) -> bool:
+        try:
+            self.host.client().get_json("/_ping")
+            return False
+        except EngineError:
+            socketio.emit("notice", {"level": "error", "message":
+                                     "your Docker host is gone (idle too long?): reload the page"},
+                          to=self.room)
+            return True
+
+    def _drop_stalled(self) -> None:
+        """Disconnects a browser that has stopped reading (its queue only grows): it would
+        hold memory for nothing, and it resumes by seq when it comes back."""
+        server = socketio.server
+        for sid in list(self.members):
+            try:
+                eio_sid = server.manager.eio_sid_from_sid(sid, "/")
+                queued = server.eio.sockets[eio_sid].queue.qsize()
+            except (KeyError, AttributeError, TypeError):
+                continue
+            if queued > MAX_BACKLOG:
+                log.info("browser %s stopped reading (%d packets queued): disconnected", sid, queued)
+                self.members.discard(sid)
+                server.disconnect(sid)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class Relays:
+    def __init__(self):
+        self.by_host: dict[str, Relay] = {}
+        self.lock = threading.Lock()
+
+    def get(self, host: Host) -> Relay:
+        with self.lock:
+            relay = self.by_host.get(host.name)
+            if relay is None or relay.stopped.is_set():
+                relay = self.by_host[host.name] = Relay(host)
+            return relay
+
+    def forget_idle(self, after: float = 60.0) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for name, relay in list(self.by_host.items()):
+                if relay.stopped.is_set() or (relay.idle_since and now - relay.idle_since > after):
+                    relay.stop()
+                    del self.by_host[name]
+
+    def drop(self, name: str) -> None:
+        with self.lock:
+            relay = self.by_host.pop(name, None)
+        if relay:
+            relay.stop()
+
+
+relays = Relays()
+# sid -> host name, for this process's connected browsers (rebuilt as they reconnect)
+connected: dict[str, str] = {}
+
+
+def current_host(create: bool = False) -> Host:
+    """The host of the browser behind this Socket.IO event: always the visitor's own,
+    from the signed cookie; nothing the browser sends can name another."""
+    visitor = visitor_id(create=False)
+    if visitor is None:
+        raise HostUnavailable("no visitor cookie: reload the page")
+    return hosts().get(host_name(visitor), request.remote_addr or "?", create=create)
+
+
+def answer_errors(handler):
+    """A Socket.IO handler whose failures come back to the browser as ``{error}``."""
+    import functools
+
+    @functools.wraps(handler)
+    def wrapped(*args):
+        try:
+            return handler(*args)
+        except HostUnavailable as e:
+            return {"error": str(e)}
+        except EngineRefused as e:
+            return {"error": str(e), "quota": e.status == 429}
+        except EngineError as e:
+            log.warning("%s: %s", handler.__name__, e)
+            return {"error": f"the Glassbox daemon did not answer as expected: {e}"}
+    return wrapped
+
+
+@socketio.on("connect")
+def on_connect(auth=None):
+    if visitor_id(create=False) is None:
+        return False  # no cookie, no host: the page sets the cookie first
+    try:
+        host = current_host(create=True)
+    except (HostUnavailable, EngineError) as e:
+        log.info("connect refused: %s", e)
+        return False
+    connected[request.sid] = host.name
+    join_room(f"visitor:{host.name}")
+    return True
+
+
+@socketio.on("disconnect")
+def on_disconnect(*_):
+    name = connected.pop(request.sid, None)
+    if name and name in relays.by_host:
+        relays.by_host[name].leave(request.sid)
+
+
+@socketio.on("subscribe")
+@answer_errors
+def subscribe(message=None):
+    since = (message or {}).get("since", 0)
+    if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+        return {"error": "since must be the last sequence number seen (0 at first)"}
+    host = current_host()
+    return relays.get(host).join(request.sid, since)
+
+
+@socketio.on("containers")
+@answer_errors
+def containers(message=None):
+    return {"containers": current_host().client().get_json("/containers/json?all=1")}
+
+
+@socketio.on("inside")
+@answer_errors
+def inside(message=None):
+    ident = (message or {}).get("id")
+    if not isinstance(ident, str) or not ident or "/" in ident or len(ident) > 128:
+        return {"error": "inside needs a container id"}
+    return current_host().client().get_json(f"/glassbox/containers/{ident}/inside")
+
+
+def keep_hosts_alive(app) -> None:
+    """While a browser is connected, its host is in use: touch it (the daemon frees
+    hosts nobody touched for the idle timeout) and forget relays nobody watches."""
+    with app.app_context():
+        registry = hosts()
+    while True:
+        socketio.sleep(10)
+        for name in set(connected.values()):
+            registry.touch(name)
+        relays.forget_idle()
+
+
+def init_app(app) -> None:
+    started = app.extensions.setdefault("glassbox.keepalive", [])
+    if not started and not app.config.get("TESTING"):
+        started.append(socketio.start_background_task(keep_hosts_alive, app))
