@@ -18,6 +18,7 @@ import threading
 import time
 
 from sandbox.api_base import API_VERSION, VERSION, ApiError, BaseHandler, UnixHTTPServer, route
+from sandbox import inside
 from sandbox.api_images import ImageRoutes
 from sandbox.engine import NotFound
 from sandbox.runtime import ContainerConfig, Mount
@@ -93,8 +94,29 @@ class HostRoutes:
         name = body.get("Name")
         if not isinstance(name, str):
             raise ApiError(400, "Name (a string) is required")
-        daemon.create_host(name)
+        idle = body.get("IdleTimeout")
+        if idle is not None and (not isinstance(idle, (int, float)) or isinstance(idle, bool) or idle <= 0):
+            raise ApiError(400, "IdleTimeout must be a positive number of seconds")
+        daemon.create_host(name, idle_timeout=idle)
         self.send_json(201, next(h for h in daemon.describe() if h["Name"] == name))
+
+    @route("POST", r"/glassbox/hosts/([^/]+)/touch")
+    def hosts_touch(self, name):
+        """Someone is looking at this host (the web app, for a connected browser): its
+        idle clock starts again."""
+        daemon = self.control_daemon()
+        if name not in daemon.hosts:
+            raise ApiError(404, f"no such host: {name}")
+        daemon.touch(name)
+        self.send_json(204, None)
+
+    @route("GET", r"/glassbox/hosts/([^/]+)/terminal")
+    def hosts_terminal_find(self, name):
+        """The host terminal that is already running, so a second tab joins it."""
+        found = self.control_daemon().running_terminal(name)
+        if found is None:
+            raise ApiError(404, f"host {name} has no running terminal")
+        self.send_json(200, {"Id": found.id, "Name": found.name})
 
     @route("POST", r"/glassbox/hosts/([^/]+)/terminal")
     def hosts_terminal(self, name):
@@ -386,7 +408,19 @@ class ContainerRoutes:
     def glassbox_events(self):
         """Every step the engine takes, as JSON lines; ``since=SEQ`` replays what was missed."""
         seq = self.integer("since", None)
+        if not self.flag("follow", True):  # only what is kept after ``since``, then the end
+            self.start_stream()
+            for event in self.engine.bus.since(seq or 0):
+                self.write_json_line(json.loads(event.to_json()))
+            self.end_stream()
+            return
         self.stream_events(lambda e: json.loads(e.to_json()), None, None, since_seq=seq)
+
+    @route("GET", r"/glassbox/containers/([^/]+)/inside")
+    def glassbox_container_inside(self, ref):
+        """The container as it sees itself and as the host sees it (namespaces, processes,
+        cgroup, overlay): this host's containers only, as every container route."""
+        self.send_json(200, inside.describe(self.engine, self.engine.get(ref)))
 
     def stream_events(self, translate, since, until, since_seq=None) -> None:
         import queue

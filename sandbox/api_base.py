@@ -160,6 +160,8 @@ class BaseHandler(BaseHTTPRequestHandler):
         self.hijacked = False
         self.streaming = False
         lookup = "GET" if method == "HEAD" else method
+        if self.server.daemon is not None and not self.server.control:
+            self.server.daemon.touch(self.server.engine.host)  # a student's request: the host is in use
         for m, pattern, name in ROUTES:
             match = pattern.match(url.path)
             if match and m == lookup:
@@ -175,7 +177,7 @@ class BaseHandler(BaseHTTPRequestHandler):
         except ApiError as exc:
             self.fail(exc.status, str(exc))
         except EngineError as exc:
-            self.fail(exc.status, str(exc))
+            self.fail(exc.status, str(exc), exc.headers)
         except ContainerError as exc:
             self.fail(500 if exc.exit_code == 125 else 400 if exc.exit_code in (126, 127) else 500,
                       f"{exc.step}: {exc}" if exc.step else str(exc))
@@ -189,7 +191,7 @@ class BaseHandler(BaseHTTPRequestHandler):
             log.exception("api %s %s", method, path)
             self.fail(500, f"internal error: {exc}")
 
-    def fail(self, status: int, message: str) -> None:
+    def fail(self, status: int, message: str, headers: dict | None = None) -> None:
         """An error answer — or, once a stream has begun, an error line in it."""
         if self.hijacked:
             return
@@ -200,7 +202,7 @@ class BaseHandler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
-        self.send_json(status, {"message": message})
+        self.send_json(status, {"message": message}, headers)
 
     # ------------------------------------------------------------------ bodies
 

@@ -30,6 +30,9 @@ def main(args) -> int:
         figures = bench_distribution()
     elif args.name == "cli":
         figures = bench_cli(args.n)
+    elif args.name == "events":
+        from sandbox.bench_web import bench_events
+        figures = bench_events(min(args.n, 200) if args.n != 30 else 50)
     else:
         raise SystemExit(f"unknown benchmark {args.name}")
     print(json.dumps(figures))

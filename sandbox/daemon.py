@@ -15,10 +15,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from sandbox.api import serve_host
 from sandbox.engine import Conflict, Engine, EngineError, NotFound, state_dir_from_env
+from sandbox.quota import Quota
 from sandbox.runtime import ContainerConfig, Mount
 
 log = logging.getLogger("glassbox")
@@ -39,6 +41,7 @@ class Daemon:
     """The Docker hosts of one machine, each an Engine behind its own API socket."""
 
     UID_BASE, UID_RANGE, MAX_HOSTS = 100000, 65536, 256
+    REAP_EVERY = 5.0  # seconds between looks for idle hosts
 
     def __init__(self, state_dir: Path, web_user: tuple[int, int] | None):
         self.state_dir = state_dir
@@ -46,21 +49,68 @@ class Daemon:
         self.hosts: dict[str, tuple[Engine, object]] = {}
         self.lock = threading.Lock()
         self.record = state_dir / "hosts.json"
+        # Visitors' hosts are freed after this many idle seconds; the others never.
+        self.idle_timeouts: dict[str, float] = {}
+        self.last_active: dict[str, float] = {}
+        self.idle_record = state_dir / "idle-hosts.json"
+        self.stopping = threading.Event()
+        self.reaper: threading.Thread | None = None
 
     def _uid_bases(self) -> dict[str, int]:
-        try:
-            return json.loads(self.record.read_text())
-        except (OSError, ValueError):
-            return {}
+        return self._read_json(self.record)
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         known = self._uid_bases()
         known.setdefault("default", self.UID_BASE)
+        idle = self._read_json(self.idle_record)
         for name in sorted(known, key=lambda n: known[n]):
-            self.create_host(name, known[name])
+            self.create_host(name, known[name], idle_timeout=idle.get(name))
+        self.reaper = threading.Thread(target=self._free_idle_hosts, name="idle-hosts", daemon=True)
+        self.reaper.start()
 
-    def create_host(self, name: str, uid_base: int | None = None) -> Engine:
+    @staticmethod
+    def _read_json(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def _write_json(path: Path, value: dict) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(value))
+        tmp.replace(path)
+
+    def touch(self, name: str) -> None:
+        """The host is in use now (a request on its socket, or a browser looking at it)."""
+        if name in self.idle_timeouts:
+            self.last_active[name] = time.monotonic()
+
+    def idle_hosts(self, now: float | None = None) -> list[str]:
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            return [name for name, timeout in self.idle_timeouts.items()
+                    if now - self.last_active.get(name, now) > timeout]
+
+    def _free_idle_hosts(self) -> None:
+        while not self.stopping.wait(self.REAP_EVERY):
+            for name in self.idle_hosts():
+                log.info("host %s idle for %.0f s: freeing it", name, self.idle_timeouts.get(name, 0))
+                try:
+                    self.remove_host(name)
+                except (NotFound, Conflict):
+                    pass
+                except Exception:
+                    log.exception("freeing idle host %s", name)
+
+    def create_host(self, name: str, uid_base: int | None = None,
+                    idle_timeout: float | None = None, quota: Quota | None = None) -> Engine:
+        """``idle_timeout``: free the host after that many seconds without a request
+        or a ``touch`` (a visitor's host); None keeps it until it is removed.
+        ``quota``: the host's rate limits and quotas (a classroom's). None: the
+        defaults of ``Quota()`` for a student's or a visitor's host, and none for
+        the default host, which is the machine's own (root's and the operator's)."""
         if not HOST_NAME.match(name or ""):
             raise EngineError(f"invalid host name {name!r}: lower-case letters, digits, '-', '_', '.' "
                               "(up to 64), starting with a letter or digit")
@@ -75,7 +125,9 @@ class Daemon:
                 if not free:
                     raise EngineError(f"too many hosts (at most {self.MAX_HOSTS})")
                 uid_base = free[0]
-            engine = Engine(self.state_dir, host=name, uid_base=uid_base)
+            if quota is None and name != "default":
+                quota = Quota()
+            engine = Engine(self.state_dir, host=name, uid_base=uid_base, quota=quota)
             path = host_socket_path(self.state_dir, name)
             path.parent.mkdir(parents=True, exist_ok=True)
             server = serve_host(str(path), engine, self)
@@ -85,9 +137,11 @@ class Daemon:
             os.chmod(path, 0o660)
             self.hosts[name] = (engine, server)
             bases[name] = uid_base
-            tmp = self.record.with_suffix(".tmp")
-            tmp.write_text(json.dumps(bases))
-            tmp.replace(self.record)
+            self._write_json(self.record, bases)
+            if idle_timeout:
+                self.idle_timeouts[name] = float(idle_timeout)
+                self.last_active[name] = time.monotonic()
+                self._write_json(self.idle_record, self.idle_timeouts)
         log.info("host %s on %s (container root = host uid %d)", name, path, uid_base)
         return engine
 
@@ -101,9 +155,10 @@ class Daemon:
             engine, server = self.hosts.pop(name)
             bases = self._uid_bases()
             bases.pop(name, None)
-            tmp = self.record.with_suffix(".tmp")
-            tmp.write_text(json.dumps(bases))
-            tmp.replace(self.record)
+            self._write_json(self.record, bases)
+            if self.idle_timeouts.pop(name, None) is not None:
+                self.last_active.pop(name, None)
+                self._write_json(self.idle_record, self.idle_timeouts)
         server.shutdown()
         server.server_close()
         engine.close()
@@ -142,6 +197,16 @@ class Daemon:
                     Mount(str(socket_dir), "/run/glassbox", readonly=True)])
         return engine.create(config), str(host_socket_path(self.state_dir, name))
 
+    def running_terminal(self, name: str):
+        """The host's terminal container that is running now, if any."""
+        with self.lock:
+            if name not in self.hosts:
+                raise NotFound(f"no such host: {name}")
+            engine = self.hosts[name][0]
+        running = [c for c in engine.list(all=False)
+                   if c.config.system and (c.name or "").startswith("terminal-")]
+        return max(running, key=lambda c: c.created_at, default=None)
+
     @property
     def default(self) -> Engine:
         return self.hosts["default"][0]
@@ -149,10 +214,12 @@ class Daemon:
     def describe(self) -> list[dict]:
         return [{"Name": name, "Socket": str(host_socket_path(self.state_dir, name)),
                  "UidBase": engine.runtime.uid_base, "Containers": len(engine.list()),
-                 "Images": len(engine.images.list())}
+                 "Images": len(engine.images.list()),
+                 "IdleTimeout": self.idle_timeouts.get(name)}
                 for name, (engine, _) in sorted(self.hosts.items())]
 
     def close(self) -> None:
+        self.stopping.set()
         for name in list(self.hosts):
             engine, server = self.hosts.pop(name)
             server.shutdown()
@@ -224,16 +291,33 @@ def prepare_registry(state_dir: Path, identity) -> Path:
     return root
 
 
+def web_secret(state_dir: Path) -> str:
+    """The key that signs visitors' cookies: kept (root only) so that a restart does not
+    turn every visitor into a stranger with a new host."""
+    path = state_dir / "web-secret"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        secret = os.urandom(32).hex()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret)
+        return secret
+
+
 def start_web(socket: Path, address: tuple[str, int], identity, registry: Path | None = None) -> subprocess.Popen:
     host, port = address
-    command = [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "100",
+    # One worker (Socket.IO needs every packet of a browser in one process); each open
+    # WebSocket holds a thread: 200 is 40 students with a few tabs each, and then some.
+    command = [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "200",
                "-b", f"{host}:{port}", "--no-control-socket", "--access-logfile", "-",
                "app.wsgi:application"]
     if identity:
         command[3:3] = ["--user", str(identity[0]), "--group", str(identity[1])]
     else:
         log.warning("no '%s' user: the web app runs as root (run the setup to create it)", WEB_USER)
-    env = dict(os.environ, GLASSBOX_ENGINE_SOCKET=str(socket))
+    env = dict(os.environ, GLASSBOX_ENGINE_SOCKET=str(socket),
+               GLASSBOX_SECRET_KEY=web_secret(socket.parent))
     if registry:
         env["GLASSBOX_REGISTRY_ROOT"] = str(registry)
     root = Path(__file__).resolve().parent.parent

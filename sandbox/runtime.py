@@ -221,6 +221,10 @@ class Container:
         return self.dir / "log.jsonl"
 
     def subject(self) -> dict:
+        # "system": the host's own terminal, which the browser shows apart from the
+        # student's containers.
+        if self.config.system:
+            return {"container": self.id, "name": self.name, "system": True}
         return {"container": self.id, "name": self.name}
 
 
