@@ -15,6 +15,9 @@ socketio = SocketIO()
 def init_app(app: Flask) -> None:
     # The origin check is what stops another site's page from opening a socket with the
     # visitor's cookie: None lets in only this site's own pages.
-    socketio.init_app(app, async_mode="threading",
+    # async_handlers=False: one browser's messages are handled one after the other, in
+    # the order sent — keystrokes must reach the terminal in the order they were typed.
+    # (Browsers still run side by side: each has its own reader thread.)
+    socketio.init_app(app, async_mode="threading", async_handlers=False,
                       cors_allowed_origins=app.config["ALLOWED_ORIGINS"],
                       max_http_buffer_size=256 * 1024)
