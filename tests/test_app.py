@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from app.engine_client import EngineClient, EngineError, EngineUnreachable
+from app.engine_client import EngineClient, EngineError, EngineRefused, EngineUnreachable
 from app.socketio import socketio
 from app.wsgi import engine_socket_from_environment
 
@@ -257,21 +257,22 @@ def test_engine_client_tells_an_unreachable_daemon_from_a_bad_answer(tmp_path, d
         EngineClient(str(daemon.socket_path)).get_json("/version")
     assert not isinstance(bad.value, EngineUnreachable)
 
-    with pytest.raises(EngineError, match="404: page not found: /nowhere"):
+    # A 4xx is the daemon saying no, with a message meant for the user.
+    with pytest.raises(EngineRefused, match="^page not found: /nowhere$") as refused:
         EngineClient(str(daemon.socket_path)).get_json("/nowhere")
+    assert refused.value.status == 404
 
 
 # --- Socket.IO and the WSGI entry point --------------------------------------------
 
-def test_socketio_runs_in_threading_mode_and_accepts_a_client(daemon):
+def test_socketio_runs_in_threading_mode_and_refuses_a_browser_without_a_cookie(daemon):
+    """(Browsers with a cookie are tested against the real daemon in test_web.py.)"""
     app = create_app({"TESTING": True, "ENGINE_SOCKET": str(daemon.socket_path)})
 
     assert socketio.server.eio.async_mode == "threading"
+    assert socketio.server.async_handlers is False  # one browser's keystrokes stay in order
     browser = socketio.test_client(app)
-    try:
-        assert browser.is_connected()
-    finally:
-        browser.disconnect()
+    assert not browser.is_connected()
 
 
 def test_wsgi_takes_the_engine_socket_from_the_environment(monkeypatch):

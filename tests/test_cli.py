@@ -197,7 +197,7 @@ def test_up_serves_the_status_page_from_the_real_daemon():
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
-                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read().decode()
                 break
             except OSError:
                 time.sleep(0.2)
