@@ -29,6 +29,7 @@ from sandbox import cgroups, linux, tree
 from sandbox.archive import UnsafeArchiveError, extract_layer
 from sandbox.distribution import Distribution, DistributionError
 from sandbox.events import EventBus
+from sandbox.quota import HostQuota, Quota, Refusal
 from sandbox.transfer import export_docker_archive, import_docker_archive, import_oci
 from sandbox.commit import write_upper_as_layer
 from sandbox.images import rfc3339 as images_rfc3339
@@ -47,6 +48,7 @@ NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
 class EngineError(Exception):
     """A request the engine refuses; the message says what was wrong."""
+    headers: dict[str, str] = {}  # extra HTTP headers for the API's answer
 
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
@@ -63,11 +65,25 @@ class Conflict(EngineError):
         super().__init__(message, 409)
 
 
+class QuotaReached(EngineError):
+    """One of the host's quotas (sandbox/quota.py): 429 for a rate, where waiting
+    helps (the answer's ``Retry-After`` says how long); 409 for what is running,
+    where stopping something does."""
+
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal.message, 429 if refusal.retry_after is not None else 409)
+        self.refusal = refusal
+        self.headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else {}
+
+
 def state_dir_from_env(value: str | None = None) -> Path:
     return Path(value or os.environ.get("GLASSBOX_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
 _private_mounts = False
+# The mount namespace this process started in, noted before it leaves it: the
+# inside view (sandbox/inside.py) compares each container's with the host's.
+host_mount_namespace: int | None = None
 
 
 def enter_private_mount_namespace() -> bool:
@@ -78,11 +94,12 @@ def enter_private_mount_namespace() -> bool:
     process is killed the kernel drops them all with the namespace. Host mounts
     still propagate in (slave). Only possible while single-threaded.
     """
-    global _private_mounts
+    global _private_mounts, host_mount_namespace
     if _private_mounts:
         return True
     if threading.active_count() > 1:
         return False
+    host_mount_namespace = os.stat("/proc/self/ns/mnt").st_ino
     linux.unshare(linux.CLONE_NEWNS)
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
     _private_mounts = True
@@ -111,7 +128,7 @@ class Engine:
 
     def __init__(self, state_dir: str | os.PathLike | None = None, host: str = "",
                  uid_base: int = 100000, sample_interval: float = 0.5,
-                 policy: Policy | None = None):
+                 policy: Policy | None = None, quota: Quota | None = None):
         if os.geteuid() != 0:
             raise EngineError("the Glassbox engine must run as root (it creates namespaces, "
                               "cgroups and mounts)", 500)
@@ -129,6 +146,10 @@ class Engine:
                               "stop it or choose another --state-dir", 409) from None
         self.host = host
         self.policy = policy or Policy()
+        # None: no quota (the operator's own engine: glassbox run, bench, tests);
+        # the daemon gives each student's host one (Daemon.create_host).
+        self.quota = HostQuota(quota)
+        self._in_build = threading.local()  # set while this thread runs a build's steps
         self.bus = EventBus()
         self.images = ImageStore(self.state_dir, host_dir_name(host))
         self.images.ensure_base_images()
@@ -222,6 +243,12 @@ class Engine:
         if c.state != "created":
             raise Conflict(f"container {c.name} is {c.state}; only a created container can start")
         try:
+            self._admit_start(c)
+        except QuotaReached:
+            if c.config.auto_remove:  # as with Docker: a --rm container goes with its failed start
+                self.remove(c, force=True)
+            raise
+        try:
             process = self.runtime.start(c, on_output)
         except ContainerError as exc:
             if c.status is None:  # it failed before there was a process to exit
@@ -231,11 +258,39 @@ class Engine:
                 c.stopped.set()
             self._after_exit(c)
             raise
-        c.stopped.clear()
+        finally:
+            self.quota.started(c.id)
+        # (No c.stopped.clear() here: a created container's is clear already, and a
+        # process that exits at once has set it by now — clearing it lost that exit.)
         threading.Thread(target=self._watch, args=(c,), daemon=True,
                          name=f"watch-{c.id[:12]}").start()
         self._save(c)
         return process
+
+    def _admit_start(self, c: Container) -> None:
+        """The host's quotas for a start: room among its running containers, and a
+        slot of its start rate. The host's own terminal is not counted."""
+        if c.config.system:
+            return
+
+        def running() -> dict[str, int]:
+            return {r.id: self._counted_memory(r) for r in self.list(all=False, system=False)}
+        refusal = self.quota.admit_start(c.id, self._counted_memory(c), not c.config.memory, running,
+                                         build_step=getattr(self._in_build, "active", False))
+        if refusal:
+            self._refuse(refusal, c.subject())
+
+    def _counted_memory(self, c: Container) -> int:
+        """A container's memory limit; without one it could take anything, so it
+        counts as the most a limit may be (see sandbox/quota.py)."""
+        return c.config.memory or self.policy.max_memory
+
+    def _refuse(self, refusal: Refusal, subject: dict) -> None:
+        self.bus.emit("quota.reached", subject,
+                      {"quota": refusal.quota, "limit": refusal.limit,
+                       "retry_after": refusal.retry_after, "message": refusal.message},
+                      host=self.host)
+        raise QuotaReached(refusal)
 
     def _watch(self, c: Container) -> None:
         c.stopped.wait()
@@ -372,6 +427,8 @@ class Engine:
             raise EngineError("exec needs a command")
         validate_command(ContainerConfig(c.config.image, list(argv), env=list(options.get("env") or [])),
                          self.policy)
+        if not c.config.system and (refusal := self.quota.take("execs")):
+            self._refuse(refusal, c.subject())
         return self.runtime.exec(c, argv, **options)
 
     # ------------------------------------------------------------------ images
@@ -431,13 +488,36 @@ class Engine:
 
     def build(self, context: Path, options, out=lambda line: None) -> Image:
         """``docker build``: see sandbox/builder.py (options: a builder.BuildOptions)."""
+        self._admit_build()
+        return self._build(Path(context), options, out)
+
+    def _admit_build(self) -> None:
+        if refusal := self.quota.take("builds"):
+            self._refuse(refusal, {"host": host_dir_name(self.host)})
+
+    def _build(self, context: Path, options, out) -> Image:
         from sandbox.builder import Builder
-        return Builder(self).build(Path(context), options, out)
+        # Its RUN steps are containers that take room on the host, but no start
+        # slots: the build took its own slot.
+        self._in_build.active = True
+        try:
+            return Builder(self).build(context, options, out)
+        finally:
+            self._in_build.active = False
 
     def build_context(self, context: Path | BinaryIO, options, out=lambda line: None) -> Image:
         """A build from a directory, or from a tar stream (what ``docker build`` sends)."""
+        try:
+            self._admit_build()
+        except QuotaReached:
+            if not isinstance(context, (str, os.PathLike)):
+                # Read (and drop) the context: a client still sending it would see
+                # a broken pipe instead of the reason.
+                while context.read(1 << 20):
+                    pass
+            raise
         if isinstance(context, (str, os.PathLike)) and Path(context).is_dir():
-            return self.build(Path(context), options, out)
+            return self._build(Path(context), options, out)
         scratch = Path(tempfile.mkdtemp(prefix=".context-", dir=self.state_dir))
         try:
             if not isinstance(context, (str, os.PathLike)):
@@ -449,7 +529,7 @@ class Engine:
                               max_bytes=self.policy.max_context_bytes)
             except (UnsafeArchiveError, tarfile.TarError) as exc:
                 raise EngineError(f"invalid build context: {exc}") from None
-            return self.build(scratch / "context", options, out)
+            return self._build(scratch / "context", options, out)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
