@@ -55,8 +55,10 @@ def host_name(visitor: str) -> str:
 class Hosts:
     """Finds or creates visitors' hosts through the daemon's control socket."""
 
-    def __init__(self, control: EngineClient, idle_timeout: float, creations_per_hour: int):
+    def __init__(self, control: EngineClient, idle_timeout: float, creations_per_hour: int,
+                 quota: dict | None = None):
         self.control = control
+        self.quota = quota  # the daemon's Quota fields to change for visitors' hosts
         self.idle_timeout = idle_timeout
         self.creations_per_hour = creations_per_hour
         self.sockets: dict[str, str] = {}
@@ -78,7 +80,8 @@ class Hosts:
             self._count_creation(address)
             try:
                 answer = self.control.call("POST", "/glassbox/hosts",
-                                           {"Name": name, "IdleTimeout": self.idle_timeout})
+                                           {"Name": name, "IdleTimeout": self.idle_timeout,
+                                            "Quota": self.quota})
                 existing = answer["Socket"]
             except EngineRefused as e:
                 if e.status != 409:  # 409: another request made it just now
@@ -152,4 +155,5 @@ def hosts() -> Hosts:
 def init_app(app) -> None:
     control = EngineClient(app.config["ENGINE_SOCKET"], timeout=app.config["ENGINE_TIMEOUT"])
     app.extensions["glassbox.hosts"] = Hosts(control, app.config["HOST_IDLE_TIMEOUT"],
-                                             app.config["HOSTS_PER_ADDRESS_PER_HOUR"])
+                                             app.config["HOSTS_PER_ADDRESS_PER_HOUR"],
+                                             app.config["HOST_QUOTA"])

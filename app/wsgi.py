@@ -5,6 +5,7 @@ The daemon's socket comes from the environment: ``GLASSBOX_ENGINE_SOCKET``, else
 """
 from __future__ import annotations
 
+import json
 import os
 
 from . import DEFAULT_ENGINE_SOCKET, create_app
@@ -28,6 +29,8 @@ def config_from_environment() -> dict:
         config["SECRET_KEY"] = os.environ["GLASSBOX_SECRET_KEY"]
     if os.environ.get("GLASSBOX_IDLE_TIMEOUT"):
         config["HOST_IDLE_TIMEOUT"] = float(os.environ["GLASSBOX_IDLE_TIMEOUT"])
+    if os.environ.get("GLASSBOX_HOST_QUOTA"):
+        config["HOST_QUOTA"] = json.loads(os.environ["GLASSBOX_HOST_QUOTA"])
     if os.environ.get("GLASSBOX_ALLOWED_ORIGINS"):
         config["ALLOWED_ORIGINS"] = os.environ["GLASSBOX_ALLOWED_ORIGINS"].split(",")
     return config

@@ -97,7 +97,7 @@ class HostRoutes:
         idle = body.get("IdleTimeout")
         if idle is not None and (not isinstance(idle, (int, float)) or isinstance(idle, bool) or idle <= 0):
             raise ApiError(400, "IdleTimeout must be a positive number of seconds")
-        daemon.create_host(name, idle_timeout=idle)
+        daemon.create_host(name, idle_timeout=idle, quota=quota_from(body.get("Quota")))
         self.send_json(201, next(h for h in daemon.describe() if h["Name"] == name))
 
     @route("POST", r"/glassbox/hosts/([^/]+)/touch")
@@ -128,6 +128,22 @@ class HostRoutes:
     def hosts_delete(self, name):
         self.control_daemon().remove_host(name)
         self.send_json(204, None)
+
+
+def quota_from(value) -> "Quota | None":
+    """``{"starts_per_minute": 100, "running_memory": null, …}``: the fields given replace
+    the defaults (null lifts that limit); None: the defaults."""
+    import dataclasses
+    from sandbox.quota import Quota
+    if value is None:
+        return None
+    fields = {f.name for f in dataclasses.fields(Quota)}
+    if not isinstance(value, dict) or not set(value) <= fields:
+        raise ApiError(400, f"Quota must be an object with some of: {', '.join(sorted(fields))}")
+    for key, limit in value.items():
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise ApiError(400, f"Quota.{key} must be a whole number ≥ 0, or null for no limit")
+    return Quota(**value)
 
 
 class ContainerRoutes:

@@ -6,6 +6,7 @@ The mount namespace is made private first thing, before any thread exists
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(without it the registry is open to loopback clients only)")
     up.add_argument("--idle-timeout", type=float, default=None,
                     help="seconds after which an unused visitor's Docker host is freed (default 1800)")
+    up.add_argument("--quota", action="append", default=[], metavar="NAME=N",
+                    help="a visitor host's limit: starts_per_minute, execs_per_minute, "
+                         "builds_per_minute, running_containers, running_memory (bytes, or 512m); "
+                         "N=none lifts it; repeatable")
     up.add_argument("--allowed-origin", action="append", default=[],
                     help="an origin (https://name:port) whose pages may open Socket.IO connections, "
                          "when the site is reached through another name (a proxy); repeatable")
@@ -107,6 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_quotas(items: list[str]) -> dict:
+    import dataclasses
+    from sandbox.quota import Quota
+    names = {f.name for f in dataclasses.fields(Quota)}
+    quotas = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in names or not value:
+            raise SystemExit(f"glassbox: --quota {item!r}: expected NAME=N with NAME one of "
+                             f"{', '.join(sorted(names))}")
+        if value.lower() == "none":
+            quotas[name] = None
+        elif name == "running_memory":
+            quotas[name] = parse_size(value)
+        elif value.isdigit():
+            quotas[name] = int(value)
+        else:
+            raise SystemExit(f"glassbox: --quota {item!r}: {value!r} is not a whole number")
+    return quotas
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sandbox.engine import enter_private_mount_namespace
@@ -123,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["GLASSBOX_REGISTRY_USERS_FILE"] = os.path.abspath(args.registry_users)
         if args.idle_timeout:
             os.environ["GLASSBOX_IDLE_TIMEOUT"] = str(args.idle_timeout)
+        if args.quota:
+            os.environ["GLASSBOX_HOST_QUOTA"] = json.dumps(parse_quotas(args.quota))
         if args.allowed_origin:
             os.environ["GLASSBOX_ALLOWED_ORIGINS"] = ",".join(args.allowed_origin)
         return serve(args.state_dir, web=(args.host, args.port))

@@ -250,3 +250,38 @@ def test_terminal_messages_are_checked(web, visitor):
     assert "error" in student.call("terminal.input", {"id": "host", "data": "x" * 70000})
     assert "error" in student.call("subscribe", {"since": -4})
     assert "error" in student.call("inside", {"id": "../x"})
+
+
+def test_a_quota_is_a_plain_message_and_an_event(web, visitor):
+    student = visitor()
+    host = student.subscribe()["host"]
+    started = []
+    try:
+        for i in range(12):  # 4 × the default 256 MiB fills the host's 1 GiB
+            result = web.docker(host, "run", "-d", "--name", f"q{i}", "busybox", "sleep", "60")
+            if result.returncode != 0:
+                break
+            started.append(f"q{i}")
+        assert 0 < len(started) < 12
+        assert "quota reached" in result.stderr and "docker stop" in result.stderr
+        reached = student.wait_for_event("quota.reached")
+        assert reached["detail"]["quota"] in ("running_memory", "running_containers")
+        assert "quota reached" in reached["detail"]["message"]
+    finally:
+        if started:
+            web.docker(host, "rm", "-f", *started)
+
+
+def test_the_operator_sets_visitors_quotas_on_the_command_line():
+    web = WebApp("--quota", "running_containers=1", "--quota", "running_memory=none")
+    try:
+        student = web.visitor()
+        host = student.subscribe()["host"]
+        assert web.docker(host, "run", "-d", "--name", "one", "busybox", "sleep", "60").returncode == 0
+        refused = web.docker(host, "run", "-d", "--name", "two", "busybox", "sleep", "60")
+        assert refused.returncode != 0
+        assert "1 containers are running on this host (the limit is 1)" in refused.stderr \
+            or "the limit is 1" in refused.stderr, refused.stderr
+        student.close()
+    finally:
+        web.stop()
