@@ -98,40 +98,51 @@ class EngineClient:
             raise EngineError(f"{method} {path}: the daemon's answer is not JSON: {e}") from e
 
     def lines(self, path: str) -> Iterator[dict]:
-        """A streamed answer of JSON lines (``/glassbox/events``), as they come. It waits
-        as long as the daemon stays quiet; it ends when the daemon ends the stream."""
-        conn = UnixHTTPConnection(self.socket_path, self.timeout)
+        """A streamed answer of JSON lines (``/glassbox/events``), one by one."""
+        for batch in self.batches(path):
+            yield from batch
+
+    def batches(self, path: str) -> Iterator[list[dict]]:
+        """A streamed answer of JSON lines, as lists: the lines that arrived together in
+        one read (a container's start is a burst of events; the browser gets it as one
+        message). Waits as long as the daemon stays quiet; ends when the daemon ends."""
+        sock, rest = self._request_raw("GET", path)
         try:
-            try:
-                conn.request("GET", path, headers={"Accept": "application/json"})
-                response = conn.getresponse()
-            except OSError as e:
-                raise EngineUnreachable(self.socket_path, e) from e
-            if response.status != 200:
-                message = _error_message(response.read())
-                if 400 <= response.status < 500:
-                    raise EngineRefused(response.status, message)
-                raise EngineError(f"GET {path}: the daemon answered {response.status}: {message}")
-            conn.sock.settimeout(None)
+            sock.settimeout(None)
+            chunks = _Dechunker(rest)
             while True:
-                try:
-                    line = response.readline()
-                except (OSError, http.client.HTTPException) as e:
-                    raise EngineError(f"GET {path}: the stream broke off: {e}") from e
-                if not line:
+                lines = [line for line in chunks.lines() if line.strip()]
+                if lines:
+                    yield [json.loads(line) for line in lines]
+                if chunks.done:
                     return
-                if line.strip():
-                    yield json.loads(line)
+                try:
+                    data = sock.recv(262144)
+                except OSError as e:
+                    raise EngineError(f"GET {path}: the stream broke off: {e}") from e
+                if not data:
+                    if chunks.pending():
+                        raise EngineError(f"GET {path}: the stream broke off mid-line")
+                    return
+                chunks.feed(data)
         finally:
-            conn.close()
+            sock.close()
 
     def hijack(self, method: str, path: str, body: Any = None) -> tuple[socket.socket, bytes]:
         """Docker's connection hijack (attach, exec start): after the answer's headers the
         connection is a raw two-way stream. Returns the socket and any stream bytes that
         came with the headers."""
+        return self._request_raw(method, path, body, upgrade=True)
+
+    def _request_raw(self, method: str, path: str, body: Any = None,
+                     upgrade: bool = False) -> tuple[socket.socket, bytes]:
+        """Sends one request on a fresh connection and reads the answer's headers; for a
+        2xx/101 returns the socket and the bytes already read past the headers, else
+        raises with the daemon's message."""
         data = b"" if body is None else json.dumps(body).encode()
-        request = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n"
-                   f"Upgrade: tcp\r\nContent-Type: application/json\r\n"
+        upgrade_headers = "Connection: Upgrade\r\nUpgrade: tcp\r\n" if upgrade else ""
+        request = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{upgrade_headers}"
+                   f"Content-Type: application/json\r\n"
                    f"Content-Length: {len(data)}\r\n\r\n").encode() + data
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -151,7 +162,7 @@ class EngineClient:
                 raise EngineUnreachable(self.socket_path, e) from e
             head, _, rest = head.partition(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
-            if status not in (101, 200):
+            if not (status == 101 or 200 <= status < 300):
                 body_bytes = rest
                 length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
                 while length and len(body_bytes) < int(length.group(1)):
@@ -176,3 +187,38 @@ def _error_message(body: bytes) -> str:
         return str(json.loads(body)["message"])
     except (ValueError, KeyError, TypeError):
         return body.decode("utf-8", "replace").strip()[:500] or "(no message)"
+
+
+class _Dechunker:
+    """HTTP/1.1 chunked transfer coding, fed as bytes arrive; gives whole lines."""
+
+    def __init__(self, data: bytes = b""):
+        self.raw = bytearray(data)
+        self.body = bytearray()
+        self.done = False
+
+    def feed(self, data: bytes) -> None:
+        self.raw += data
+
+    def pending(self) -> bool:
+        return bool(self.body.strip())
+
+    def lines(self) -> list[bytes]:
+        while not self.done:
+            end = self.raw.find(b"\r\n")
+            if end < 0:
+                break
+            size = int(bytes(self.raw[:end]).split(b";")[0], 16)
+            if size == 0:
+                self.done = True
+                break
+            if len(self.raw) < end + 2 + size + 2:
+                break
+            self.body += self.raw[end + 2:end + 2 + size]
+            del self.raw[:end + 2 + size + 2]
+        cut = self.body.rfind(b"\n")
+        if cut < 0:
+            return []
+        complete = bytes(self.body[:cut + 1])
+        del self.body[:cut + 1]
+        return complete.splitlines()

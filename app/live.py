@@ -82,13 +82,14 @@ class Relay:
         """Reads the daemon's stream, reconnecting (from the last seq) if it breaks."""
         while not self.stopped.is_set():
             try:
-                for event in self.host.client().lines(f"/glassbox/events?since={self.last_seq}"):
+                for batch in self.host.client().batches(f"/glassbox/events?since={self.last_seq}"):
                     with self.lock:
-                        if event["seq"] <= self.last_seq:
-                            continue
-                        self._keep(event)
-                        socketio.emit("events", [event], to=self.room)
-                        self._drop_stalled()
+                        fresh = [e for e in batch if e["seq"] > self.last_seq]
+                        for event in fresh:
+                            self._keep(event)
+                        if fresh:  # a burst (a container's start) goes out as one message
+                            socketio.emit("events", fresh, to=self.room)
+                            self._drop_stalled()
                     if self.stopped.is_set():
                         return
             except EngineRefused as e:

@@ -91,28 +91,55 @@ def event_times(web: WebApp, host: str, kind: str, prefix: str) -> dict[int, flo
 
 
 class Watchers:
-    """30 more Socket.IO clients on the same host, each noting when events arrive."""
+    """30 more Socket.IO clients on the same host, in a process of their own (so their
+    threads don't slow the measuring one), each noting when events arrive."""
 
     def __init__(self, web: WebApp, cookie: str, count: int):
+        import subprocess
+        import sys
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sandbox.bench_web", web.url, cookie, str(count)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = self.process.stdout.readline()
+        if ready.strip() != "ready":
+            raise RuntimeError(f"the watchers did not start: {ready!r}")
         self.latencies: list[float] = []
-        self.lock = threading.Lock()
-        self.visitors = []
-        for _ in range(count):
-            v = web.visitor(cookie=cookie)
-            v.sio.on("events", self._arrived)
-            v.subscribe()
-            self.visitors.append(v)
-
-    def _arrived(self, events: list[dict]) -> None:
-        now = time.time()
-        with self.lock:
-            for e in events:
-                if e["kind"] == "process.exited" and e["subject"].get("name", "").startswith("fan-"):
-                    self.latencies.append((now - e["time"]) * 1000)
 
     def close(self) -> None:
-        for v in self.visitors:
-            v.close()
+        if self.process.poll() is None:
+            out, _ = self.process.communicate("stop\n", timeout=60)
+            self.latencies = json.loads(out.strip().splitlines()[-1])
+
+
+def watch(url: str, cookie: str, count: int) -> None:
+    """The watchers' process: connect, say ready, note arrivals until told to stop."""
+    import sys
+    from sandbox.webharness import Visitor
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def arrived(events: list[dict]) -> None:
+        now = time.time()
+        with lock:
+            latencies.extend((now - e["time"]) * 1000 for e in events
+                             if e["kind"] == "process.exited"
+                             and e["subject"].get("name", "").startswith("fan-"))
+
+    class Site:  # what Visitor needs of a WebApp
+        pass
+    site = Site()
+    site.url = url
+    visitors = []
+    for _ in range(count):
+        v = Visitor(site, cookie=cookie)
+        v.sio.on("events", arrived)
+        v.subscribe()
+        visitors.append(v)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for v in visitors:
+        v.close()
+    print(json.dumps(latencies), flush=True)
 
 
 def keystroke_echo(page, rounds: int) -> list[float]:
@@ -183,7 +210,8 @@ def bench_events(n: int = 50) -> dict:
             alone = dom_latency(page, web, host, n, "alone")
             watchers = Watchers(web, cookie, 30)
             crowded = dom_latency(page, web, host, n, "fan")
-            fan_out = list(watchers.latencies)
+            watchers.close()
+            fan_out = watchers.latencies
             echo = keystroke_echo(page, 30)
             raw_echo = raw_keystroke_echo(web, host, 30)
             browser.close()
@@ -208,3 +236,8 @@ def bench_events(n: int = 50) -> dict:
     for name, value in figures.items():
         print(f"{name}: {value}")
     return figures
+
+
+if __name__ == "__main__":
+    import sys
+    watch(sys.argv[1], sys.argv[2], int(sys.argv[3]))
