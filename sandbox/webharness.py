@@ -167,8 +167,9 @@ class Visitor:
         return self.sio.call(event, message or {}, timeout=timeout)
 
     def text(self, terminal: str) -> str:
+        """What the terminal showed: the replay it got on joining, then what came live."""
         with self.changed:
-            return "".join(self.output.get(terminal, []))
+            return "".join(self.replays.get(terminal, [])[-1:] + self.output.get(terminal, []))
 
     def wait_for(self, predicate, timeout: float = 30.0, what: str = "it"):
         """Waits until ``predicate()`` is true (re-checked whenever something arrives)."""

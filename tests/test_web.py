@@ -202,7 +202,8 @@ def test_the_host_terminal_runs_the_real_docker_cli(web, visitor):
     student.subscribe()
     opened = student.call("terminal.open", {"target": "host", "how": "attach", "cols": 120, "rows": 40})
     assert opened["id"] == "host", opened
-    student.wait_for(lambda: "$ " in student.text("host") or "# " in student.text("host"), what="a prompt")
+    student.wait_for(lambda: "$ " in student.text("host") or "# " in student.text("host"),
+                     what="a prompt")
     student.sio.emit("terminal.input", {"id": "host", "data": "docker run --rm busybox echo h''i\r"})
     student.wait_for(lambda: re.search(r"\r\nhi\r\n", student.text("host")), what="hi")
     student.sio.emit("terminal.input", {"id": "host", "data": "stty size\r"})
