@@ -291,6 +291,14 @@ def terminal_open(message=None):
                          "('attach' or 'exec')"}
     cols, rows = size(message)
     host = current_host()
+    rejoin = message.get("id")
+    if rejoin is not None and rejoin != "host":
+        # A tab coming back (a reload, a second tab): the same terminal, replayed.
+        terminal = terminals.find(host.name, rejoin) if isinstance(rejoin, str) else None
+        if terminal is None:
+            return {"error": "that terminal has ended", "gone": True}
+        terminal.join(request.sid)
+        return terminal.describe()
     with terminals.host_lock(host.name):
         if target == "host":
             terminal = open_host_terminal(host, cols, rows)

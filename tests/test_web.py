@@ -232,11 +232,17 @@ def test_a_shell_in_a_container_and_its_exit(web, visitor):
         assert ident.startswith("exec:") and opened["title"] == "sh in box"
         student.sio.emit("terminal.input", {"id": ident, "data": "echo $$ $(hostname)\r"})
         student.wait_for(lambda: re.search(r"\d+ [0-9a-f]{12}\r\n", student.text(ident)), what="the shell")
+        # Another tab (or a reload) rejoins the same shell by its id, with a replay.
+        tab = visitor(cookie=student.cookie)
+        tab.subscribe()
+        assert tab.call("terminal.open", {"id": ident})["id"] == ident
+        assert re.search(r"\d+ [0-9a-f]{12}", "".join(tab.replays[ident]))
         student.sio.emit("terminal.input", {"id": ident, "data": "exit 3\r"})
         exit_message = student.wait_for(lambda: [m for m in student.exits if m["id"] == ident],
                                         what="the exit")[0]
         assert exit_message["code"] == 3
         assert "error" in student.call("terminal.input", {"id": ident, "data": "x"})
+        assert tab.call("terminal.open", {"id": ident}).get("gone") is True
     finally:
         web.docker(host, "rm", "-f", "box")
 
