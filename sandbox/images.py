@@ -691,7 +691,7 @@ class ImageStore:
             "config": {"Env": [DEFAULT_PATH], "Cmd": ["sh"]},
             "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
             "history": [{"created": created,
-                         "created_by": f"glassbox: busybox-static {busybox_version(binary)} from Debian"}],
+                         "created_by": f"glassbox: busybox {busybox_version(binary)}, static"}],
         }
         return self._put_image(config, [layer])
 
@@ -708,15 +708,9 @@ class ImageStore:
 
 
 def busybox_version(binary: Path = BUSYBOX_BINARY) -> str:
-    """The Debian package's version of busybox-static, else the binary's own banner."""
-    try:
-        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "busybox-static"],
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except OSError:
-        pass
-    banner = subprocess.run([str(binary)], capture_output=True, text=True, timeout=10).stdout
+    """The binary's own banner: the base image's id must depend on the binary alone (an
+    answer from dpkg that failed once under load gave one store another busybox id)."""
+    banner = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30).stdout
     # "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary."
     first = banner.splitlines()[0] if banner else ""
     return first.removeprefix("BusyBox ").removesuffix(" multi-call binary.") or "unknown"
