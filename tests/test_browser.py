@@ -82,6 +82,13 @@ def terminal_text(page, ident: str = "host") -> str:
     return page.inner_text(f".terminal[data-terminal-id='{ident}'] .xterm-rows")
 
 
+def wait_for_prompt(page) -> None:
+    page.wait_for_selector(".terminal[data-terminal-id='host'] .xterm-rows", timeout=30_000)
+    page.wait_for_function("""() => /[#$] $/m.test(
+        document.querySelector(".terminal[data-terminal-id='host'] .xterm-rows").innerText.trimEnd() + ' ')""",
+                           timeout=30_000)
+
+
 def type_in_terminal(page, text: str, ident: str = "host") -> None:
     page.click(f".terminal[data-terminal-id='{ident}'] .xterm-screen")
     page.keyboard.type(text)
@@ -95,10 +102,7 @@ def timeline_seqs(page, kind: str | None = None) -> list[int]:
 
 def test_the_host_terminal_runs_docker_and_shows_hi(web, student):
     page = student()
-    page.wait_for_selector(".terminal[data-terminal-id='host'] .xterm-rows")
-    page.wait_for_function("""() => /[#$] $/m.test(
-        document.querySelector(".terminal[data-terminal-id='host'] .xterm-rows").innerText.trimEnd() + ' ')""",
-                           timeout=30_000)
+    wait_for_prompt(page)
     type_in_terminal(page, "docker run --rm busybox echo hi")
     page.wait_for_function("""() => document.querySelector(".terminal[data-terminal-id='host'] .xterm-rows")
         .innerText.split('\\n').some(line => line.trim() === 'hi')""", timeout=30_000)
@@ -114,19 +118,20 @@ def test_an_oom_kill_shows_in_the_timeline_and_the_life_cycle(web, student):
                       "while [ ! -f /go ]; do sleep 0.1; done; tail /dev/zero")
     assert made.returncode == 0, made.stderr
     hog = made.stdout.strip()
-    try:
-        page.click("[role=tab][data-tab='containers'], #tab-containers")
-        page.click(f"#containers li.container[data-id='{hog}']", timeout=30_000)
-        page.wait_for_selector("#lifecycle [data-state='running'].current", timeout=30_000)
-        page.wait_for_selector("#processes tr[data-pid='1']", timeout=30_000)
-        assert web.docker(host, "exec", "hog", "touch", "/go").returncode == 0
-        page.wait_for_selector("#lifecycle [data-state='oom'].current", timeout=60_000)
-        page.click("[role=tab][data-tab='timeline'], #tab-timeline")
-        page.wait_for_selector("#timeline li.event[data-kind='oom.killed']", timeout=30_000)
-        assert page.is_visible("#timeline li.event[data-kind='oom.killed']")
-        assert not page.errors
-    finally:
-        web.docker(host, "rm", "-f", "hog")
+    # The container stays for the final screenshot; the module's `glassbox up` ends it.
+    page.click("[role=tab][data-tab='containers'], #tab-containers")
+    page.click(f"#containers li.container[data-id='{hog}']", timeout=30_000)
+    page.wait_for_selector("#lifecycle [data-state='running'].current", timeout=30_000)
+    page.wait_for_selector("#processes tr[data-pid='1']", timeout=30_000)
+    assert web.docker(host, "exec", "hog", "touch", "/go").returncode == 0
+    page.wait_for_selector("#lifecycle [data-state='oom'].current", timeout=60_000)
+    page.click("[role=tab][data-tab='timeline'], #tab-timeline")
+    page.wait_for_selector("#timeline li.event[data-kind='oom.killed']", timeout=30_000)
+    assert page.is_visible("#timeline li.event[data-kind='oom.killed']")
+    # The final screen (kept as the artifact): the panel, landed on exited (OOM).
+    page.click("[role=tab][data-tab='containers'], #tab-containers")
+    page.wait_for_selector("#lifecycle [data-state='oom'].current")
+    assert not page.errors
 
 
 def test_a_reload_mid_stream_misses_no_event(web, student):
@@ -184,4 +189,48 @@ def test_the_korean_interface_and_the_language_switch(web, student):
     else:
         page.click("#lang-switch [data-lang='en']")
     page.wait_for_function("document.documentElement.lang === 'en'")
+    assert not page.errors
+
+
+def test_a_reload_replays_the_terminal_instead_of_a_blank_screen(web, student):
+    page = student()
+    wait_for_prompt(page)
+    type_in_terminal(page, "echo marker-$((6*7))")
+    page.wait_for_function("""() => document.querySelector(".terminal[data-terminal-id='host'] .xterm-rows")
+        .innerText.includes('marker-42')""", timeout=30_000)
+    page.reload()
+    page.wait_for_selector("#connection[data-state='connected']")
+    page.wait_for_function("""() => {
+        const rows = document.querySelector(".terminal[data-terminal-id='host'] .xterm-rows");
+        return rows && rows.innerText.includes('marker-42'); }""", timeout=30_000)
+    # Still the same shell: it goes on where it was.
+    type_in_terminal(page, "echo again-$((6*7))")
+    page.wait_for_function("""() => document.querySelector(".terminal[data-terminal-id='host'] .xterm-rows")
+        .innerText.includes('again-42')""", timeout=30_000)
+    assert not page.errors
+
+
+def test_the_container_panel_shows_it_from_inside_and_outside(web, student):
+    page = student()
+    host = host_of(web, page)
+    made = web.docker(host, "run", "-d", "--name", "seen", "-m", "64m", "--pids-limit", "50",
+                      "busybox", "sh", "-c", "head -c 3000000 /dev/zero > /big; sleep 300 & sleep 300 & wait")
+    assert made.returncode == 0, made.stderr
+    ident = made.stdout.strip()
+    # The container stays for the final screenshot; the module's `glassbox up` ends it.
+    page.click("[role=tab][data-tab='containers'], #tab-containers")
+    page.click(f"#containers li.container[data-id='{ident}']", timeout=30_000)
+    page.wait_for_selector("#lifecycle [data-state='running'].current", timeout=30_000)
+    page.wait_for_function("() => document.querySelectorAll('#processes tr[data-pid]').length === 3",
+                           timeout=30_000)
+    pids = page.eval_on_selector_all(
+        "#processes tr[data-pid]", "rows => rows.map(r => [+r.dataset.pid, +r.dataset.hostPid])")
+    assert pids[0][0] == 1 and len({p for p, _ in pids}) == 3
+    assert all(h > 3 for _, h in pids)  # the same processes, as the host numbers them
+    inside = lambda ns: page.eval_on_selector(  # noqa: E731
+        f"#namespaces tr[data-ns='{ns}']", "r => [...r.querySelectorAll('td')].map(c => c.textContent)")
+    pid_inside, pid_host = inside("pid")[:2]
+    assert pid_inside.isdigit() and pid_host.isdigit() and pid_inside != pid_host
+    assert page.eval_on_selector_all("#overlay-layers li", "items => items.length") >= 1
+    page.wait_for_function("() => document.querySelector('#overlay-upper-text').textContent.trim() !== ''")
     assert not page.errors
