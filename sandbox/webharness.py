@@ -18,6 +18,14 @@ from pathlib import Path
 GLASSBOX = str(Path(sys.executable).parent / "glassbox")
 
 
+def _end_with_parent() -> None:
+    """In the child: SIGTERM when the process that started it dies, however it dies (a
+    test run killed by a timeout must not leave a daemon with its cgroups behind)."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -38,7 +46,8 @@ class WebApp:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [GLASSBOX, "up", "--state-dir", str(self.state), "--port", str(self.port), *extra],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_end_with_parent)
         self._wait_until_serving()
 
     def _wait_until_serving(self) -> None:
