@@ -47,7 +47,7 @@ def create_app(config: dict | None = None) -> Flask:
         app.logger.warning("no SECRET_KEY: visitors' cookies last until this process ends")
         app.config["SECRET_KEY"] = secrets.token_hex(32)
 
-    from . import csrf, hosts, live, registry, socketio, status, terminals, web  # noqa: F401 (handlers)
+    from . import csrf, graphs, hosts, live, registry, socketio, status, terminals, web  # noqa: F401 (handlers)
     app.register_blueprint(status.bp)
     app.register_blueprint(web.bp)
     csrf.init_app(app)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import re
 import socket
 import struct
 import threading
@@ -438,6 +439,27 @@ class ContainerRoutes:
         cgroup, overlay): this host's containers only, as every container route."""
         self.send_json(200, inside.describe(self.engine, self.engine.get(ref)))
 
+    @route("GET", r"/glassbox/tree")
+    def glassbox_tree(self):
+        """This host's image tree: graph, Graphviz layout, signature. With
+        ``signature=S`` (the one the caller has), just ``{signature, unchanged}``
+        when nothing changed."""
+        known = self.query.get("signature")
+        if known is not None and not TREE_SIGNATURE.fullmatch(known):
+            raise ApiError(400, "signature must be one this route gave (16 hex digits)")
+        self.send_json(200, self.engine.tree(known))
+
+    @route("GET", r"/glassbox/tree/node")
+    def glassbox_tree_node(self):
+        """One node of this host's tree in detail (``id=layer:sha256:…``, ``image:…``, …)."""
+        self.send_json(200, self.engine.tree_node(tree_node_id(self.query.get("id"))))
+
+    @route("POST", r"/glassbox/tree/weak")
+    def glassbox_tree_weak(self):
+        """Weak points: ``{"layers": [...]}`` or ``{"path": "/bin/busybox"[, "digest": …]}``
+        → every layer, image and container of this host built on them."""
+        self.send_json(200, self.engine.tree_weak(**weak_points(self.read_json(required=True))))
+
     def stream_events(self, translate, since, until, since_seq=None) -> None:
         import queue
         q: queue.Queue = queue.Queue()
@@ -628,6 +650,56 @@ def docker_event(event) -> dict | None:
     if typ == "container":
         message.update(status=action, id=ident, **({"from": attributes["image"]} if "image" in attributes else {}))
     return message
+
+
+# ---------------------------------------------------------------------- the image tree
+
+TREE_NODE = re.compile(r"scratch|(layer|image):sha256:[0-9a-f]{64}|container:[0-9a-f]{64}")
+TREE_LAYER = re.compile(r"(layer:)?sha256:[0-9a-f]{64}")
+TREE_SIGNATURE = re.compile(r"[0-9a-f]{16}")
+FILE_DIGEST = re.compile(r"(sha256:)?[0-9a-f]{64}")
+MAX_WEAK_LAYERS = 1000
+MAX_PATH = 4096
+
+
+def tree_node_id(node) -> str:
+    if not node:
+        raise ApiError(400, "give the node's id: /glassbox/tree/node?id=layer:sha256:…")
+    if not TREE_NODE.fullmatch(node):
+        raise ApiError(400, f"malformed node id {node[:80]!r}: expected scratch, layer:sha256:<64 hex>, "
+                            "image:sha256:<64 hex> or container:<64 hex>")
+    return node
+
+
+def weak_points(body: dict) -> dict:
+    """The arguments of ``Engine.tree_weak`` from a request body, or a 400 saying what is wrong."""
+    unknown = sorted(set(body) - {"layers", "path", "digest"})
+    if unknown:
+        raise ApiError(400, f"unknown field {unknown[0]!r}: give layers, or path (and optionally digest)")
+    if ("layers" in body) == ("path" in body):
+        raise ApiError(400, "give either layers (a list of layer ids) or path (a file such as /bin/busybox)")
+    if "layers" in body:
+        layers = body["layers"]
+        if "digest" in body:
+            raise ApiError(400, "digest goes with path, not with layers")
+        if not isinstance(layers, list) or not layers:
+            raise ApiError(400, "layers must be a non-empty list of layer ids (layer:sha256:…)")
+        if len(layers) > MAX_WEAK_LAYERS:
+            raise ApiError(400, f"too many layers ({len(layers)}); at most {MAX_WEAK_LAYERS} at once")
+        for layer in layers:
+            if not isinstance(layer, str) or not TREE_LAYER.fullmatch(layer):
+                raise ApiError(400, f"malformed layer id {str(layer)[:80]!r}: expected layer:sha256:<64 hex>")
+        return {"layers": layers}
+    path, digest = body["path"], body.get("digest")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ApiError(400, "path must be an absolute path in the image, such as /bin/busybox")
+    if "\0" in path or len(path) > MAX_PATH:
+        raise ApiError(400, f"path must have no NUL byte and at most {MAX_PATH} characters")
+    if ".." in path.split("/"):
+        raise ApiError(400, "path must not contain '..': give the file's own path in the image")
+    if digest is not None and (not isinstance(digest, str) or not FILE_DIGEST.fullmatch(digest)):
+        raise ApiError(400, "digest must be a file's sha256 (sha256:<64 hex>)")
+    return {"path": path, "digest": digest}
 
 
 # ---------------------------------------------------------------------- translation

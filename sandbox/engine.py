@@ -8,6 +8,7 @@ dir left behind if it was killed (processes, cgroups, mounts, directories).
 from __future__ import annotations
 
 import atexit
+import collections
 import dataclasses
 import fcntl
 import hashlib
@@ -44,6 +45,11 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 DEFAULT_STATE_DIR = "/var/lib/glassbox"
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+TREE_LAYOUTS_KEPT = 8       # Graphviz layouts kept, by the tree's signature
+TREE_LIST_CAP = 200         # paths per list in a layer's details
+# Not sent with the whole tree: an image's history is in its details (tree_node),
+# and the host path of a container's upper dir is nothing the browser draws.
+TREE_OMITTED = ("history", "upper_dir")
 
 
 class EngineError(Exception):
@@ -172,6 +178,12 @@ class Engine:
             raise
         self.containers: dict[str, Container] = {}
         self.exec_configs: dict[str, dict] = {}   # docker exec: created, then started by id
+        # The tree's caches. A layer never changes, so its size is kept by ChainID
+        # until gc removes it; a layout is kept by the signature of what it places.
+        self._layer_sizes: dict[str, int] = {}
+        self._tree_layouts: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        self._tree_last: tuple[tuple, tuple] | None = None   # (state key, tree) of the last tree()
+        self._tree_lock = threading.Lock()
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._sampler = threading.Thread(target=self._sample_loop, args=(sample_interval,),
@@ -481,6 +493,7 @@ class Engine:
         removed = self.images.gc({c.image.id for c in self.list()})
         for chain in removed["layers"]:
             self.runtime.forget_layer(self.images.layer_dir(chain))
+            self._layer_sizes.pop(chain, None)
             self.bus.emit("layer.removed", {"layer": chain}, {}, host=self.host)
         for digest in removed["blobs"]:
             self.bus.emit("blob.removed", {"blob": digest}, {}, host=self.host)
@@ -589,18 +602,98 @@ class Engine:
             raise EngineError(f"pull of {reference} failed: {exc}") from None
         return image
 
-    def tree(self) -> dict:
-        """The image tree for the browser: graph JSON plus its Graphviz layout."""
-        graph = self.tree_graph()
-        return {"graph": tree.to_json(graph), "layout": tree.layout(graph)}
+    def tree(self, known: str | None = None) -> dict:
+        """The image tree for the browser: graph JSON, its Graphviz layout and its
+        signature; only ``{signature, unchanged}`` if ``known`` is that signature."""
+        signature, drawn, graph = self._current_tree()
+        if signature == known:
+            return {"signature": signature, "unchanged": True}
+        return {"graph": drawn, "layout": self._tree_layout(graph, signature), "signature": signature}
 
-    def tree_graph(self):
-        images = [tree.ImageInfo(i.name, i.id, i.diff_ids, i.config.get("history", []), i.layers)
-                  for i in self.images.list(dangling=True)]
+    def _current_tree(self) -> tuple:
+        """(signature, graph JSON, graph), built again only when this host's images
+        (its index.json) or containers changed: a browser asks on every event."""
+        key = self._tree_state()
+        with self._tree_lock:
+            if self._tree_last is not None and self._tree_last[0] == key:
+                return self._tree_last[1]
+        graph = self.tree_graph()
+        current = (tree.signature(graph), tree.to_json(graph, omit=TREE_OMITTED), graph)
+        with self._tree_lock:
+            self._tree_last = (key, current)
+        return current
+
+    def _tree_state(self) -> tuple:
+        try:
+            st = os.stat(self.images.oci / "index.json")
+            index = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            index = None
+        return index, tuple((c.id, c.name, c.state, c.image.id, (c.rw_dir / "upper").is_dir())
+                            for c in self.list(system=False))
+
+    def tree_graph(self, images: list[tree.ImageInfo] | None = None):
+        """The tree of this host's images and containers; as ``docker ps -a``, without
+        the host's own terminal."""
         containers = [tree.ContainerInfo(c.id, c.name, c.image.id, c.state,
                                          c.rw_dir / "upper" if (c.rw_dir / "upper").is_dir() else None)
-                      for c in self.list()]
-        return tree.build_graph(images, containers)
+                      for c in self.list(system=False)]
+        return tree.build_graph(self._tree_images() if images is None else images, containers,
+                                size_of=self._layer_size)
+
+    def _tree_images(self) -> list[tree.ImageInfo]:
+        return [tree.ImageInfo(i.name, i.id, i.diff_ids, i.config.get("history", []), i.layers)
+                for i in self.images.list(dangling=True)]
+
+    def _layer_size(self, chain_id: str, layer_dir: Path) -> int:
+        size = self._layer_sizes.get(chain_id)
+        if size is None:
+            size = self._layer_sizes[chain_id] = tree.layer_size(layer_dir)
+        return size
+
+    def _tree_layout(self, graph, signature: str) -> dict:
+        with self._tree_lock:
+            if signature in self._tree_layouts:
+                self._tree_layouts.move_to_end(signature)
+                return self._tree_layouts[signature]
+        placed = tree.layout(graph)  # outside the lock: dot may take a while
+        with self._tree_lock:
+            self._tree_layouts[signature] = placed
+            while len(self._tree_layouts) > TREE_LAYOUTS_KEPT:
+                self._tree_layouts.popitem(last=False)
+        return placed
+
+    def tree_node(self, node: str) -> dict:
+        """One node of the tree in detail (see tree.describe); for a container, also
+        what its writable layer holds now."""
+        graph = self._current_tree()[2]
+        if node not in graph:
+            raise NotFound(f"no node {node!r} in this host's image tree (it may have been removed)")
+        found = tree.describe(graph, node, self.images.layer_dir, cap=TREE_LIST_CAP)
+        if found["kind"] == "container":
+            from sandbox.inside import walk_upper
+            upper = graph.nodes[node]["upper_dir"]
+            found["upper_bytes"], found["upper_files"], _ = walk_upper(Path(upper)) if upper else (0, 0, False)
+        return found
+
+    def tree_weak(self, layers: list[str] | None = None, path: str | None = None,
+                  digest: str | None = None) -> dict:
+        """Weak points: the given layers, or those that add or change ``path`` (whose
+        content has sha256 ``digest``, if given), and every layer, image and container
+        built on them."""
+        if layers is None:
+            images = self._tree_images()   # the search and the graph from one listing
+            graph = self.tree_graph(images)
+            layers = tree.layers_containing(images, path=path, file_digest=digest)
+        else:
+            graph = self._current_tree()[2]
+        try:
+            hit = tree.affected(graph, layers)
+        except KeyError as exc:
+            raise NotFound(str(exc).strip("'\"")) from None
+        marked = list(dict.fromkeys(tree.layer_node(n.removeprefix("layer:")) for n in layers))
+        return {"marked": marked, **hit,
+                "count": {kind: len(nodes) for kind, nodes in hit.items()}}
 
     # ------------------------------------------------------------------ lookup
 

@@ -30,7 +30,7 @@ import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import graphviz
 import networkx as nx
@@ -80,23 +80,27 @@ def container_node(container_id: str) -> str:
     return f"container:{container_id}"
 
 
-def build_graph(images: Iterable[ImageInfo], containers: Iterable[ContainerInfo] = ()) -> nx.DiGraph:
+def build_graph(images: Iterable[ImageInfo], containers: Iterable[ContainerInfo] = (),
+                size_of: Callable[[str, Path], int] | None = None) -> nx.DiGraph:
     """The tree of every layer, image and container, rooted at ``scratch``.
 
     Edges point from what is below to what is built on it. Each node has a
     ``kind`` (scratch, layer, image, container) and a ``label``; see the
-    module docstring for the ids.
+    module docstring for the ids. ``size_of(chain_id, layer_dir)`` gives a
+    layer's size (default: ``layer_size``, a scan of its directory); a caller
+    that keeps sizes by ChainID passes its own, since a layer never changes.
     """
+    size_of = size_of or (lambda chain_id, layer_dir: layer_size(layer_dir))
     graph = nx.DiGraph()
     graph.add_node(SCRATCH, kind="scratch", label="scratch")
     for image in images:
-        _add_image(graph, image)
+        _add_image(graph, image, size_of)
     for container in containers:
         _add_container(graph, container)
     return graph
 
 
-def _add_image(graph: nx.DiGraph, image: ImageInfo) -> None:
+def _add_image(graph: nx.DiGraph, image: ImageInfo, size_of: Callable[[str, Path], int]) -> None:
     if image.layer_dirs and len(image.layer_dirs) != len(image.diff_ids):
         raise ValueError(f"image {image.name or image.id} has {len(image.diff_ids)} diff_ids "
                          f"but {len(image.layer_dirs)} layer directories")
@@ -109,12 +113,12 @@ def _add_image(graph: nx.DiGraph, image: ImageInfo) -> None:
         node = layer_node(chain_id)
         if node not in graph:
             step = made_by.get(node, {})
-            size = _layer_size(image.layer_dirs[depth]) if image.layer_dirs else None
+            size = size_of(chain_id, image.layer_dirs[depth]) if image.layer_dirs else None
             graph.add_node(node, kind="layer", diff_id=diff_id, chain_id=chain_id, depth=depth,
                            created_by=step.get("created_by"), created=step.get("created"),
                            size=size, label=_layer_label(diff_id, step.get("created_by"), size))
         elif graph.nodes[node].get("size") is None and image.layer_dirs:
-            graph.nodes[node]["size"] = _layer_size(image.layer_dirs[depth])
+            graph.nodes[node]["size"] = size_of(chain_id, image.layer_dirs[depth])
         graph.add_edge(parent, node, kind="layer")
         parent = node
 
@@ -317,7 +321,9 @@ def _layer_has(layer_dir: Path, path: str | None, digest: str | None) -> bool:
         target = _lookup(layer_dir, path)
         if target is None:
             return False
-        return digest is None or (target.is_file() and _sha256(target) == digest)
+        # Not is_file(): it follows a symlink, and one in a student's layer may point
+        # anywhere on this machine (a file to hash, or /dev/zero to hash forever).
+        return digest is None or (stat.S_ISREG(target.lstat().st_mode) and _sha256(target) == digest)
     return any(entry.kind == "file" and _sha256(layer_dir / rel.lstrip("/")) == digest
                for rel, entry in _scan(layer_dir).entries.items())
 
@@ -344,7 +350,10 @@ def _lookup(layer_dir: Path, path: str) -> Path | None:
 
 
 def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
+    """The sha256 of a regular file in a layer; never of what a symlink points to."""
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError(f"{path} is not a regular file")
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
@@ -553,20 +562,71 @@ def _has_opaque_xattr(directory: str) -> bool:
     return False
 
 
-def _layer_size(layer_dir: Path) -> int:
+def layer_size(layer_dir: Path) -> int:
+    """Bytes of content a layer directory carries (as ``LayerChanges.size`` counts them)."""
     return sum(e.size for e in _scan(Path(layer_dir)).entries.values())
 
 
 # ---------------------------------------------------------------- for the browser
 
-def to_json(graph: nx.DiGraph) -> dict:
-    """``{"nodes": [{id, kind, label, attributes}], "edges": [{source, target, kind}]}``."""
+def to_json(graph: nx.DiGraph, omit: Iterable[str] = ()) -> dict:
+    """``{"nodes": [{id, kind, label, attributes}], "edges": [{source, target, kind}]}``,
+    without the attributes named in ``omit``."""
+    left_out = {"kind", "label", *omit}
     nodes = []
     for node, data in graph.nodes(data=True):
-        attributes = {k: _plain(v) for k, v in data.items() if k not in ("kind", "label")}
+        attributes = {k: _plain(v) for k, v in data.items() if k not in left_out}
         nodes.append({"id": node, "kind": data["kind"], "label": data["label"], "attributes": attributes})
     edges = [{"source": a, "target": b, "kind": data.get("kind")} for a, b, data in graph.edges(data=True)]
     return {"nodes": nodes, "edges": edges}
+
+
+def describe(graph: nx.DiGraph, node: str, layer_dir: Callable[[str], Path], cap: int = 200) -> dict:
+    """One node in detail, for the browser's panel; ``layer_dir(chain_id)`` is where
+    a layer is unpacked.
+
+    A layer: its step, and the files it adds, modifies and removes over the layers
+    below it (at most ``cap`` of each, and how many in all). An image: its tags, its
+    layers bottom to top, their total size, its history and its efficiency. A
+    container: its image and state (what its writable layer holds is the engine's
+    to measure: it may be changing).
+    """
+    data = graph.nodes[node]
+    below = [n for n in ancestors(graph, node) if graph.nodes[n]["kind"] == "layer"]
+    found = {"id": node, "kind": data["kind"]}
+    if data["kind"] == "layer":
+        changes = layer_changes([layer_dir(graph.nodes[n]["chain_id"]) for n in (*below, node)])[-1]
+        lists = {what: getattr(changes, what) for what in ("added", "modified", "removed")}
+        found.update({k: data[k] for k in ("chain_id", "diff_id", "size", "created_by", "created", "depth")},
+                     changes={**{what: [_file_change(c) for c in items[:cap]] for what, items in lists.items()},
+                              **{f"{what}_count": len(items) for what, items in lists.items()}})
+    elif data["kind"] == "image":
+        result = efficiency([layer_dir(graph.nodes[n]["chain_id"]) for n in below])
+        result["inefficiency_count"] = len(result["inefficiencies"])
+        result["inefficiencies"] = result["inefficiencies"][:cap]
+        found.update(image_id=data["id"], tags=data["tags"], missing=data.get("missing", False),
+                     size=sum(graph.nodes[n]["size"] or 0 for n in below), layers=below,
+                     history=data["history"], config_steps=data["config_steps"], efficiency=result)
+    elif data["kind"] == "container":
+        found.update(container_id=data["id"], name=data["name"], state=data["state"],
+                     image=image_node(data["image_id"]))
+    return found
+
+
+def _file_change(change: FileChange) -> dict:
+    return {k: v for k, v in dataclasses.asdict(change).items() if v is not None}
+
+
+def signature(graph: nx.DiGraph) -> str:
+    """A short hash of what the picture shows: node ids and labels, and edges, in
+    the graph's order (which is also what dot's layout depends on). Equal
+    signatures, equal layouts; a new tag, layer, container or state changes it."""
+    sha = hashlib.sha256()
+    for node, data in graph.nodes(data=True):
+        sha.update(f"n\0{node}\0{data['label']}\0".encode())
+    for a, b in graph.edges:
+        sha.update(f"e\0{a}\0{b}\0".encode())
+    return sha.hexdigest()[:16]
 
 
 def _plain(value):

@@ -5,6 +5,7 @@ import { applyStatic, initialLang, loadDictionaries, onLangChange, setLang, t } 
 import { Containers } from "./panel.js";
 import { Terminals } from "./terminals.js";
 import { Timeline } from "./timeline.js";
+import { ImageTree } from "./tree.js";
 
 const ACK_TIMEOUT_MS = 10000;
 const SEEN_KEEP = 50000;  // seqs remembered for de-duplication
@@ -44,7 +45,7 @@ function ackFailed(what, error) {
 
 // ------------------------------------------------------------------ tabs
 
-// The Timeline / Containers tabs (WAI-ARIA tabs: arrows move, one tab stop).
+// The Timeline / Containers / Image tree tabs (WAI-ARIA tabs: arrows move, one tab stop).
 function rightTabs(onShow) {
   const tabs = [...document.querySelectorAll("#inspector-tabs [role=tab]")];
   const show = (tab, focus) => {
@@ -102,6 +103,7 @@ async function main() {
     count: $("#containers-count"), panel: $("#panel"), request, terminals,
     isConnected: () => socket.connected, onError: ackFailed,
   });
+  const tree = new ImageTree({view: $("#tree-view"), request});
 
   // ---------------------------------------------------------------- connection
   let connection = "connecting";
@@ -121,11 +123,13 @@ async function main() {
     timeline.relabel();
     terminals.relabel();
     containers.relabel();
+    tree.relabel();
     setConnection(connection);
   });
 
   const showTab = rightTabs((panelId) => {
     containers.setVisible(panelId === "containers-view");
+    tree.setVisible(panelId === "tree-view");
     if (panelId === "timeline-view") timeline.shown();
   });
   showTab(document.querySelector("#inspector-tabs [aria-selected=true]"), false);
@@ -158,6 +162,7 @@ async function main() {
       }
     }
     containers.onEvents(batch);
+    tree.onEvents(batch);
   }
 
   async function subscribe() {
@@ -189,6 +194,7 @@ async function main() {
     subscribe();
     terminals.connected();
     containers.refresh();
+    tree.refreshSoon();  // what changed while away
   });
   socket.on("disconnect", () => {
     online = false;
@@ -210,7 +216,19 @@ async function main() {
   socket.on("terminal.exit", (message) => terminals.exit(message || {}));
   socket.on("terminals", (items) => terminals.sync(items));
 
-  window.glassbox = {socket, terminals, timeline, containers, lastSeq: () => lastSeq};
+  window.glassbox = {
+    socket, terminals, timeline, containers, lastSeq: () => lastSeq,
+    // refresh(): asks the server again; signature(): of the tree drawn;
+    // draw(answer): draws a `tree` answer and keeps it (live updates wait for
+    // the next refresh()), resolving to the render's figures once painted —
+    // what `glassbox bench graphs` measures; stats(): the last render's.
+    tree: {refresh: () => tree.refresh(), signature: () => tree.signature(),
+           draw: (answer) => {
+             tree.pinned = true;
+             return tree.draw(answer, {animate: false});
+           },
+           stats: () => tree.stats, view: tree},
+  };
   socket.connect();
 }
 
