@@ -309,8 +309,10 @@ def start_web(socket: Path, address: tuple[str, int], identity, registry: Path |
     host, port = address
     # One worker (Socket.IO needs every packet of a browser in one process); each open
     # WebSocket holds a thread: 200 is 40 students with a few tabs each, and then some.
+    # app.server.Worker is gunicorn's threaded worker with limits, so that one client
+    # can't hold all 200 (connections per address, header and I/O timeouts).
     command = [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "200",
-               "-b", f"{host}:{port}", "--no-control-socket", "--access-logfile", "-",
+               "-k", "app.server.Worker", "-b", f"{host}:{port}", "--no-control-socket", "--access-logfile", "-",
                "app.wsgi:application"]
     if identity:
         command[3:3] = ["--user", str(identity[0]), "--group", str(identity[1])]

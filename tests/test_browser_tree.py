@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -150,17 +149,20 @@ def image_tagged(answer: dict, tag: str) -> str:
                 if n["kind"] == "image" and tag in n["attributes"].get("tags", []))
 
 
+def ancestors(answer: dict, node: str) -> set[str]:
+    parents, found = parents_of(answer), set()
+    while node in parents:
+        node = parents[node]
+        found.add(node)
+    return found
+
+
 def lineage(answer: dict, node: str) -> set[str]:
     """A node, what it stands on and what is built on it."""
-    parents = parents_of(answer)
     children: dict[str, list[str]] = {}
-    for child, parent in parents.items():
+    for child, parent in parents_of(answer).items():
         children.setdefault(parent, []).append(child)
-    found, up = {node}, node
-    while up in parents:
-        up = parents[up]
-        found.add(up)
-    todo = [node]
+    found, todo = {node} | ancestors(answer, node), [node]
     while todo:
         for child in children.get(todo.pop(), []):
             found.add(child)
@@ -172,14 +174,11 @@ def classed(page, name: str) -> set[str]:
     return set(page.eval_on_selector_all(f"#tree-svg g.node.{name}", "gs => gs.map(g => g.dataset.id)"))
 
 
-def build_context(files: dict[str, str]) -> str:
-    """A build context the daemon's user can read."""
-    top = tempfile.mkdtemp(prefix="glassbox-tree-ctx-")
-    os.chmod(top, 0o755)
+def build_context(where: Path, files: dict[str, str]) -> str:
+    """A build context (the docker CLI reads it and sends it to the daemon as a tar)."""
     for name, text in files.items():
-        (Path(top) / name).write_text(text)
-        os.chmod(Path(top) / name, 0o644)
-    return top
+        (where / name).write_text(text)
+    return str(where)
 
 
 THREE_STEPS = {
@@ -193,14 +192,14 @@ THREE_STEPS = {
 
 # ---------------------------------------------------------------- tests
 
-def test_a_three_step_build_adds_its_layers_and_image_to_the_tree(web, student, server):
+def test_a_three_step_build_adds_its_layers_and_image_to_the_tree(web, student, server, tmp_path):
     page = student()
     me = server(page)
     open_tree(page)
     before = served(caught_up(page, me))
     assert drawn(page) == before
 
-    me.docker("build", "-t", "app", build_context(THREE_STEPS))
+    me.docker("build", "-t", "app", build_context(tmp_path, THREE_STEPS))
     after = caught_up(page, me)
     nodes, edges = served(after)
     assert drawn(page) == (nodes, edges)
@@ -235,11 +234,11 @@ def test_a_three_step_build_adds_its_layers_and_image_to_the_tree(web, student, 
     assert not page.errors
 
 
-def test_hovering_an_image_lights_its_branch_and_dims_the_rest(web, student, server):
+def test_hovering_an_image_lights_its_branch_and_dims_the_rest(web, student, server, tmp_path):
     page = student()
     me = server(page)
     open_tree(page)
-    me.docker("build", "-t", "app", build_context(THREE_STEPS))
+    me.docker("build", "-t", "app", build_context(tmp_path, THREE_STEPS))
     me.docker("run", "-d", "--name", "app-1", "app", "sleep", "300")
     answer = caught_up(page, me)
     app = image_tagged(answer, "app:latest")
@@ -263,6 +262,8 @@ def test_hovering_an_image_lights_its_branch_and_dims_the_rest(web, student, ser
     page.fill("#tree-search", "app")
     page.wait_for_function("() => document.querySelector('#tree-search-status').textContent !== ''")
     assert classed(page, "lit") == branch
+    assert classed(page, "dim") == set(served(answer)[0]) - branch
+    page.wait_for_timeout(600)  # the dimming fades in (CSS): finished for the screenshot
     assert not page.errors
 
 
@@ -296,11 +297,11 @@ def test_commit_adds_a_child_image_under_the_containers_image(web, student, serv
     assert not page.errors
 
 
-def test_a_weak_point_file_marks_every_image_built_on_it_with_a_count(web, student, server):
+def test_a_weak_point_file_marks_every_image_built_on_it_with_a_count(web, student, server, tmp_path):
     page = student()
     me = server(page)
     open_tree(page)
-    me.docker("build", "-t", "app", build_context(THREE_STEPS))
+    me.docker("build", "-t", "app", build_context(tmp_path, THREE_STEPS))
     me.docker("run", "-d", "--name", "app-1", "app", "sleep", "300")
     answer = caught_up(page, me)
 
@@ -322,7 +323,7 @@ def test_a_weak_point_file_marks_every_image_built_on_it_with_a_count(web, stude
     page.click(f"#tree-svg g.node[data-id='{top}']")
     page.click("#tree-weak-mark")
     page.wait_for_function("() => document.querySelector('#tree-weak-count').dataset.images === '1'")
-    built_on_top = lineage(answer, top) - _ancestors(answer, top)
+    built_on_top = lineage(answer, top) - ancestors(answer, top)
     assert classed(page, "weak") == built_on_top
     weak = me.call("tree.weak", {"layers": [top]})
     assert built_on_top == set(weak["layers"]) | set(weak["images"]) | set(weak["containers"])
@@ -334,14 +335,6 @@ def test_a_weak_point_file_marks_every_image_built_on_it_with_a_count(web, stude
     page.click("#tree-weak-go")
     page.wait_for_selector("#tree-weak-count[data-images]", timeout=30_000)
     assert not page.errors
-
-
-def _ancestors(answer: dict, node: str) -> set[str]:
-    parents, found = parents_of(answer), set()
-    while node in parents:
-        node = parents[node]
-        found.add(node)
-    return found
 
 
 def test_the_keyboard_walks_the_tree_and_the_table_lists_it(web, student, server):

@@ -223,11 +223,7 @@ async function main() {
     // the next refresh()), resolving to the render's figures once painted —
     // what `glassbox bench graphs` measures; stats(): the last render's.
     tree: {refresh: () => tree.refresh(), signature: () => tree.signature(),
-           draw: (answer) => {
-             tree.pinned = true;
-             return tree.draw(answer, {animate: false});
-           },
-           stats: () => tree.stats, view: tree},
+           draw: (answer) => tree.pin(answer), stats: () => tree.stats, view: tree},
   };
   socket.connect();
 }

@@ -107,6 +107,7 @@ export class GraphView {
     const height = layout.height || 0;
     this.size = {width: layout.width || 0, height};
     animate = animate && this.nodes.size > 0 && graph.nodes.length <= ANIMATE_MAX_NODES;
+    this.svg.classList.toggle("still", !animate);
 
     this.parents = new Map();
     this.children = new Map();
@@ -188,10 +189,11 @@ export class GraphView {
       if (item && edge.kind) item.el.dataset.kind = edge.kind;
     }
 
-    // New nodes start where their parent is (or was), small and clear, and
-    // grow into place: the layer a build makes comes out of the one below it.
+    // New nodes start where their parent is, small and clear, and grow into
+    // place: the layer a build makes comes out of the one below it.
+    const fresh = new Set(entering.map((item) => item.node.id));
     for (const item of entering) {
-      const from = this.origin(item.node.id, next) || item;
+      const from = this.origin(item.node.id, next, fresh) || item;
       item.el.classList.add("entering");
       item.el.style.transform = `translate(${from.x}px, ${from.y}px) scale(0.2)`;
     }
@@ -202,7 +204,6 @@ export class GraphView {
       // The start positions take effect before the moves (a style flush, no layout).
       getComputedStyle((entering[0] || {el: enteringEdges[0]}).el).opacity;
     }
-    this.svg.classList.toggle("still", !animate);
     for (const item of next.values()) {
       item.el.style.transform = `translate(${item.x}px, ${item.y}px)`;
     }
@@ -215,12 +216,12 @@ export class GraphView {
     return performance.now() - started;
   }
 
-  // Where a new node grows from: the nearest ancestor already on screen.
-  origin(id, next) {
+  // Where a new node grows from: the nearest ancestor that was there before.
+  origin(id, next, fresh) {
     let parent = (this.parents.get(id) || [])[0];
     for (let hops = 0; parent && hops < 64; hops += 1) {
       const item = next.get(parent);
-      if (item && !item.el.classList.contains("entering")) return item;
+      if (item && !fresh.has(parent)) return item;
       parent = (this.parents.get(parent) || [])[0];
     }
     return null;

@@ -178,7 +178,7 @@ export class ImageTree {
     this.asked = null;           // the signature of the last answer the server gave
     this.visible = false;
     this.dirty = true;           // the tree may have changed while the tab was hidden
-    this.needsFit = true;
+    this.needsFit = true;        // drawn while hidden: fit when shown
     this.inflight = false;
     this.again = false;
     this.timer = 0;
@@ -330,9 +330,9 @@ export class ImageTree {
     this.sig = answer.signature ?? null;
     const {graph, layout} = answer;
     const build = this.graph.render(graph, layout, {animate: animate && this.visible});
-    // (render() fitted it already when the reader has not moved the view)
-    if (this.visible && this.needsFit && !this.graph.autoFit) this.needsFit = !this.graph.fit();
-    else if (!this.visible) this.needsFit = this.needsFit || this.graph.autoFit;
+    // Shown, render() fitted it (unless the reader had moved the view); hidden,
+    // it has no size to fit yet: that waits for the tab.
+    this.needsFit = !this.visible && (this.needsFit || this.graph.autoFit);
     this.recomputeSearch();
     this.applyLight();
     if (this.weak) {
@@ -359,6 +359,13 @@ export class ImageTree {
         resolve(stats);
       }));
     });
+  }
+
+  // Draws a tree given from outside (a benchmark's) and keeps it: live updates
+  // wait for the next refresh().
+  pin(answer) {
+    this.pinned = true;
+    return this.draw(answer, {animate: false});
   }
 
   status(key, params) {
