@@ -6,6 +6,8 @@ import { Containers } from "./panel.js";
 import { Terminals } from "./terminals.js";
 import { Timeline } from "./timeline.js";
 import { ImageTree } from "./tree.js";
+import { BuildView, treeShower } from "./build.js";
+import { HostMap } from "./hostmap.js";
 
 const ACK_TIMEOUT_MS = 10000;
 const SEEN_KEEP = 50000;  // seqs remembered for de-duplication
@@ -104,6 +106,10 @@ async function main() {
     isConnected: () => socket.connected, onError: ackFailed,
   });
   const tree = new ImageTree({view: $("#tree-view"), request});
+  // Filled in below, once the tabs are wired: a step's layer, shown in the tree tab.
+  let showInTree = () => {};
+  const build = new BuildView({view: $("#build-view"), request, showInTree: (id) => showInTree(id)});
+  const hostmap = new HostMap({view: $("#hostmap-view"), request});
 
   // ---------------------------------------------------------------- connection
   let connection = "connecting";
@@ -124,15 +130,20 @@ async function main() {
     terminals.relabel();
     containers.relabel();
     tree.relabel();
+    build.relabel();
+    hostmap.relabel();
     setConnection(connection);
   });
 
   const showTab = rightTabs((panelId) => {
     containers.setVisible(panelId === "containers-view");
     tree.setVisible(panelId === "tree-view");
+    build.setVisible(panelId === "build-view");
+    hostmap.setVisible(panelId === "hostmap-view");
     if (panelId === "timeline-view") timeline.shown();
   });
   showTab(document.querySelector("#inspector-tabs [aria-selected=true]"), false);
+  showInTree = treeShower({openTab: () => showTab($("#tab-tree"), false), tree});
 
   $("#reset-form").addEventListener("submit", (e) => {
     if (!window.confirm(t("host.reset_confirm"))) e.preventDefault();
@@ -163,6 +174,8 @@ async function main() {
     }
     containers.onEvents(batch);
     tree.onEvents(batch);
+    build.onEvents(batch);
+    hostmap.onEvents(batch);
   }
 
   async function subscribe() {
@@ -182,6 +195,7 @@ async function main() {
       seen.clear();
       lastSeq = 0;
       timeline.clear();
+      hostmap.clear();
       timeline.separator("timeline.restarted");
       const again = await request("subscribe", {since: 0});
       if (again.error) ackFailed("subscribe", again.error);
@@ -195,6 +209,7 @@ async function main() {
     terminals.connected();
     containers.refresh();
     tree.refreshSoon();  // what changed while away
+    hostmap.refreshSoon();
   });
   socket.on("disconnect", () => {
     online = false;
@@ -217,7 +232,7 @@ async function main() {
   socket.on("terminals", (items) => terminals.sync(items));
 
   window.glassbox = {
-    socket, terminals, timeline, containers, lastSeq: () => lastSeq,
+    socket, terminals, timeline, containers, build, hostmap, lastSeq: () => lastSeq,
     // refresh(): asks the server again; signature(): of the tree drawn;
     // draw(answer): draws a `tree` answer and keeps it (live updates wait for
     // the next refresh()), resolving to the render's figures once painted —

@@ -6,7 +6,8 @@
 // lit, dimmed or marked by class; a table of the same data for screen readers.
 //
 // What a node looks like is the caller's: `drawNode(g, node, box)` fills the
-// node's <g>, whose origin is the node's centre.
+// node's <g>, whose origin is the node's centre. An edge the layout gives words
+// (`label`, `label_at`) gets them drawn beside it, as `edgeText(edge, label)` says them.
 const SVG = "http://www.w3.org/2000/svg";
 const MIN_ZOOM = 0.01;
 const MAX_ZOOM = 4;
@@ -60,8 +61,10 @@ export class GraphView {
   // svg: the <svg> (focusable); its first <g class="viewport"> holds
   // <g class="edges"> and <g class="nodes">, made here if missing.
   // idPrefix: DOM ids of the nodes (for aria-activedescendant).
+  // originOf(id): the node a new node should grow out of, when not its parent's
+  // line (null: the parent's).
   constructor({svg, idPrefix, drawNode, keyOf, describe, onActivate, onCurrent, onHover,
-               onEscape, onZoom, farZoom = 0.45}) {
+               onEscape, onZoom, originOf, edgeText, farZoom = 0.45}) {
     this.svg = svg;
     this.idPrefix = idPrefix;
     this.drawNode = drawNode;
@@ -72,6 +75,8 @@ export class GraphView {
     this.onHover = onHover || (() => {});
     this.onEscape = onEscape || (() => {});
     this.onZoom = onZoom || (() => {});
+    this.originOf = originOf || (() => null);
+    this.edgeText = edgeText || ((edge, label) => label);
     this.farZoom = farZoom;
 
     this.viewport = svg.querySelector("g.viewport") || svg.appendChild(svgEl("g", {class: "viewport"}));
@@ -81,7 +86,7 @@ export class GraphView {
       || this.viewport.appendChild(svgEl("g", {class: "nodes"}));
 
     this.nodes = new Map();     // id → {node, box, el, x, y}
-    this.edges = new Map();     // key → {edge, el}
+    this.edges = new Map();     // key → {edge, el, text}
     this.parents = new Map();   // id → [source ids]
     this.children = new Map();  // id → [target ids]
     this.size = {width: 0, height: 0};
@@ -160,6 +165,7 @@ export class GraphView {
     const wanted = new Map();
     const edgeFragment = document.createDocumentFragment();
     const enteringEdges = [];
+    const edgeData = new Map((graph.edges || []).map((e) => [edgeKey(e.source, e.target), e]));
     for (const route of layout.edges || []) {
       const key = edgeKey(route.source, route.target);
       let item = this.edges.get(key);
@@ -180,9 +186,13 @@ export class GraphView {
         if (animate) item.el.style.d = `path("${d}")`;
         else item.el.style.removeProperty("d");
       }
+      this.edgeLabel(item, route, edgeData.get(key) || route, height, edgeFragment, enteringEdges, animate);
       wanted.set(key, item);
     }
-    for (const old of this.edges.values()) this.leave(old.el);
+    for (const old of this.edges.values()) {
+      this.leave(old.el);
+      if (old.text) this.leave(old.text);
+    }
     this.edges = wanted;
     for (const edge of graph.edges || []) {
       const item = this.edges.get(edgeKey(edge.source, edge.target));
@@ -216,8 +226,39 @@ export class GraphView {
     return performance.now() - started;
   }
 
-  // Where a new node grows from: the nearest ancestor that was there before.
+  // The words on an edge, at the point dot kept for them; gone when the edge loses them.
+  edgeLabel(item, route, edge, height, fragment, entering, animate) {
+    if (!route.label || !route.label_at) {
+      if (item.text) this.leave(item.text);
+      item.text = null;
+      return;
+    }
+    if (!item.text) {
+      item.text = svgEl("text", {class: "edge-label"});
+      item.text.dataset.source = route.source;
+      item.text.dataset.target = route.target;
+      fragment.append(item.text);
+      if (animate) entering.push(item.text);
+    }
+    item.edge = edge;
+    item.label = route.label;
+    item.text.textContent = this.edgeText(edge, route.label);
+    item.text.setAttribute("x", round(route.label_at[0]));
+    item.text.setAttribute("y", round(height - route.label_at[1] + 3));
+  }
+
+  // Edge words drawn again (the language changed).
+  relabelEdges() {
+    for (const item of this.edges.values()) {
+      if (item.text) item.text.textContent = this.edgeText(item.edge, item.label);
+    }
+  }
+
+  // Where a new node grows from: the node the caller names (originOf), else the
+  // nearest ancestor that was there before.
   origin(id, next, fresh) {
+    const chosen = this.originOf(id);
+    if (chosen && next.has(chosen) && !fresh.has(chosen)) return next.get(chosen);
     let parent = (this.parents.get(id) || [])[0];
     for (let hops = 0; parent && hops < 64; hops += 1) {
       const item = next.get(parent);
@@ -234,13 +275,14 @@ export class GraphView {
     setTimeout(() => el.remove(), this.svg.classList.contains("still") ? 0 : LEAVE_MS);
   }
 
-  // Draws every node again (the language changed).
+  // Draws every node, and the words on edges, again (the language changed).
   redraw() {
     for (const item of this.nodes.values()) {
       item.el.replaceChildren();
       this.drawNode(item.el, item.node, item.box);
       item.el.setAttribute("aria-label", this.describe(item.node));
     }
+    this.relabelEdges();
   }
 
   // A node's data changed without a new layout (a container's live state).
@@ -312,6 +354,7 @@ export class GraphView {
       const lit = on && ids.has(item.el.dataset.source) && ids.has(item.el.dataset.target);
       item.el.classList.toggle("lit", lit);
       item.el.classList.toggle("dim", on && !lit);
+      if (item.text) item.text.classList.toggle("dim", on && !lit);
     }
   }
 

@@ -1,6 +1,8 @@
 // The Image tree tab: every layer (by ChainID), image and container of the
-// host as one tree from `scratch`, laid out by Graphviz on the server and kept
-// live from the events. Hover or focus a node and its branch lights up (what a
+// host as one tree from `scratch`, with its volumes beside it, laid out by
+// Graphviz on the server and kept live from the events. An image committed
+// from a container hangs from it by a dashed "commit" edge, and its new layer
+// grows out of that container. Hover or focus a node and its branch lights up (what a
 // pull of it needs, and what is built on it); click it for its details; mark a
 // layer or a file as a weak point and see everything built on it.
 import { containerOf, humanBytes, shortId } from "./events.js";
@@ -9,7 +11,7 @@ import { t } from "./i18n.js";
 
 const REFRESH_MS = 250;
 // Events after which the tree may look different.
-const REFRESH_KINDS = /^(image\.|layer\.|build\.done$|blob\.pulled$|container\.(created|removed)$|process\.exited$)/;
+const REFRESH_KINDS = /^(image\.|layer\.|build\.done$|blob\.pulled$|container\.(created|removed)$|process\.exited$|volume\.(created|removed)$)/;
 const SEARCH_MS = 120;
 const FILES_SHOWN = 200;  // per list in the details; the counts say how many there are
 const LINE = 12;          // label line height, in dot's points
@@ -77,9 +79,19 @@ export function nodeName(node) {
       return (a.tags || []).length ? a.tags.join(", ") : `<none> ${shortId(a.id || node.id.replace(/^image:/, ""))}`;
     case "container":
       return a.name || shortId(a.id || node.id.replace(/^container:/, ""));
+    case "volume": {
+      const name = a.name || node.id.replace(/^volume:/, "");
+      return a.anonymous ? shortId(name) : name;
+    }
     default:
       return node.label || node.id;
   }
+}
+
+// What a container's writable layer holds, as said under its name.
+function upperText(node) {
+  const bytes = humanBytes((node.attributes || {}).upper_bytes);
+  return bytes ? t("tree.upper_short", {bytes}) : null;
 }
 
 function labelLines(node) {
@@ -92,7 +104,7 @@ function labelLines(node) {
     case "image":
       return [...(a.tags || []).length ? a.tags : [nodeName(node)], ...(a.missing ? [t("tree.missing")] : [])];
     case "container":
-      return [nodeName(node), stateWord(a.state)];
+      return [nodeName(node), stateWord(a.state), upperText(node)].filter(Boolean);
     default:
       return [nodeName(node)];
   }
@@ -104,6 +116,13 @@ function drawNode(g, node, box) {
   if (node.kind === "container") {
     g.append(svgEl("ellipse", {class: "shape", rx: w / 2, ry: h / 2}));
     g.dataset.state = (node.attributes || {}).state || "";
+  } else if (node.kind === "volume") {
+    // A cylinder, as dot's: a body and the front of its top rim.
+    const ry = Math.min(h * 0.15, 7);
+    const [l, r, top, bottom] = [-w / 2, w / 2, -h / 2 + ry, h / 2 - ry];
+    g.append(svgEl("path", {class: "shape", d: `M${l},${top} A${w / 2},${ry} 0 0 1 ${r},${top} `
+      + `L${r},${bottom} A${w / 2},${ry} 0 0 1 ${l},${bottom} Z`}));
+    g.append(svgEl("path", {class: "rim", d: `M${l},${top} A${w / 2},${ry} 0 0 0 ${r},${top}`}));
   } else {
     const rx = node.kind === "image" ? Math.min(h / 2, 14) : 3;
     g.append(svgEl("rect", {class: "shape", x: -w / 2, y: -h / 2, width: w, height: h, rx}));
@@ -116,6 +135,7 @@ function drawNode(g, node, box) {
     const span = svgEl("tspan", {x: 0, y: top + i * LINE});
     const step = i > 0 && node.kind === "layer";
     if (step) span.setAttribute("class", "step");
+    if (node.kind === "container" && i === 2) span.setAttribute("class", "upper");
     span.textContent = clip(line, room, step ? STEP_FONT : FONT);
     text.append(span);
   });
@@ -137,8 +157,12 @@ function describe(node) {
                                    step: stepText(a.created_by) || "—"});
     case "image":
       return t("tree.aria.image", {name: nodeName(node)});
-    case "container":
-      return t("tree.aria.container", {name: nodeName(node), state: stateWord(a.state)});
+    case "container": {
+      const said = t("tree.aria.container", {name: nodeName(node), state: stateWord(a.state)});
+      return upperText(node) ? `${said}, ${upperText(node)}` : said;
+    }
+    case "volume":
+      return t("tree.aria.volume", {name: nodeName(node)});
     default:
       return t("tree.aria.scratch");
   }
@@ -147,7 +171,7 @@ function describe(node) {
 function keyOf(node, box) {
   const a = node.attributes || {};
   return JSON.stringify([node.kind, node.label, a.state, a.tags, a.size, a.diff_id, a.created_by,
-                         a.missing, box.width, box.height]);
+                         a.missing, a.upper_bytes, box.width, box.height]);
 }
 
 export class ImageTree {
@@ -171,7 +195,10 @@ export class ImageTree {
       onHover: () => this.applyLight(),
       onEscape: () => this.escape(),
       onZoom: (far) => this.hint(far),
+      originOf: (id) => this.committedOrigin(id),
+      edgeText: (edge, label) => (edge && edge.kind === "committed" ? t("tree.edge.committed") : label),
     });
+    this.committedFrom = new Map();   // image id → the container it was committed from
 
     this.answer = null;          // the last `tree` answer drawn
     this.sig = null;             // its signature
@@ -329,6 +356,8 @@ export class ImageTree {
     this.answer = answer;
     this.sig = answer.signature ?? null;
     const {graph, layout} = answer;
+    this.committedFrom = new Map(graph.edges.filter((e) => e.kind === "committed")
+      .map((e) => [e.target, e.source]));
     const build = this.graph.render(graph, layout, {animate: animate && this.visible});
     // Shown, render() fitted it (unless the reader had moved the view); hidden,
     // it has no size to fit yet: that waits for the tab.
@@ -342,6 +371,7 @@ export class ImageTree {
     }
     this.graph.mark("selected", this.selected ? new Set([this.selected]) : null);
     if (this.selected && !this.graph.node(this.selected)) this.select(null);
+    else if (this.selected) this.refreshDetails(this.selected);
     if (this.tableShown()) this.renderTable();
     this.showStatus();
     const drawn = performance.now();
@@ -378,6 +408,16 @@ export class ImageTree {
   showStatus() {
     const onlyScratch = this.answer && this.answer.graph.nodes.every((n) => n.kind === "scratch");
     this.status(onlyScratch ? "tree.empty" : null);
+  }
+
+  // A committed image, and the layer it adds, grow out of the container they
+  // were made of: that layer is the container's writable layer.
+  committedOrigin(id) {
+    if (this.committedFrom.has(id)) return this.committedFrom.get(id);
+    for (const child of this.graph.children.get(id) || []) {
+      if (this.committedFrom.has(child)) return this.committedFrom.get(child);
+    }
+    return null;
   }
 
   // ------------------------------------------------------------ light
@@ -467,6 +507,17 @@ export class ImageTree {
     this.renderDetails(node, answer);
   }
 
+  // The selected node's details again, the tree having changed (a volume's
+  // container removed, a container's writable layer grown), without moving the view.
+  async refreshDetails(id) {
+    if (id === "scratch") return;
+    const answer = await this.request("tree.node", {id});
+    const node = this.graph.node(id);
+    if (this.selected !== id || !node || answer.error) return;
+    this.details = answer;
+    this.renderDetails(node, answer);
+  }
+
   renderDetails(node, answer) {
     const body = this.ui.detailsBody;
     if (answer.error) {
@@ -504,6 +555,7 @@ export class ImageTree {
         if (eff.score != null) fact("efficiency", t("tree.efficiency_value", {score: (eff.score * 100).toFixed(1)}));
         if (eff.wasted_bytes != null) fact("wasted", humanBytes(eff.wasted_bytes));
         if (Array.isArray(answer.layers)) fact("layers", String(answer.layers.length));
+        if (answer.committed_from) fact("committed_from", this.nameOf("container", answer.committed_from));
         parts.push(this.waste(eff), this.history(answer.history || a.history || []));
         break;
       }
@@ -517,12 +569,28 @@ export class ImageTree {
             ? t("tree.upper_value", {bytes: humanBytes(answer.upper_bytes), files: answer.upper_files})
             : humanBytes(answer.upper_bytes));
         }
+        if ((answer.volumes || []).length) {
+          fact("volumes", answer.volumes.map((m) => `${this.nameOf("volume", m.volume)} → ${m.path}`).join(", "));
+        }
+        break;
+      }
+      case "volume": {
+        fact("name", answer.name);
+        fact("mounted_by", (answer.mounted_by || []).length
+          ? answer.mounted_by.map((m) => `${this.nameOf("container", m.container)} → ${m.path}`).join(", ")
+          : t("tree.volume_unused"));
+        parts.push(el("p", "muted", t("tree.volume_about")));
         break;
       }
       default:
         break;
     }
     body.replaceChildren(...parts.filter(Boolean));
+  }
+
+  nameOf(kind, id) {
+    const node = this.graph.node(nodeId(kind, id));
+    return node ? nodeName(node) : shortId(String(id).replace(`${kind}:`, ""));
   }
 
   // Files added, modified and removed by a layer, as `dive` lists them.
@@ -696,10 +764,11 @@ export class ImageTree {
       name.dataset.id = node.id;
       const a = node.attributes || {};
       const notes = [];
-      if (node.kind === "container") notes.push(stateWord(a.state));
+      if (node.kind === "container") notes.push(stateWord(a.state), upperText(node));
       if (node.kind === "layer" && a.created_by) notes.push(stepText(a.created_by));
       const weak = this.weak && this.weak.ids.has(node.id);
       if (weak) notes.push(t("tree.note.weak"));
+      notes.splice(0, notes.length, ...notes.filter(Boolean));
       rows.push({id: node.id, kind: node.kind, classes: weak ? ["weak"] : [], cells: {
         kind: t(`tree.kind.${node.kind}`), name,
         parent: !parent ? "—" : parent.kind === "scratch" ? "scratch"
