@@ -654,7 +654,8 @@ def docker_event(event) -> dict | None:
 
 # ---------------------------------------------------------------------- the image tree
 
-TREE_NODE = re.compile(r"scratch|(layer|image):sha256:[0-9a-f]{64}|container:[0-9a-f]{64}")
+TREE_NODE = re.compile(r"scratch|(layer|image):sha256:[0-9a-f]{64}|container:[0-9a-f]{64}"
+                       r"|volume:[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 TREE_LAYER = re.compile(r"(layer:)?sha256:[0-9a-f]{64}")
 TREE_SIGNATURE = re.compile(r"[0-9a-f]{16}")
 FILE_DIGEST = re.compile(r"(sha256:)?[0-9a-f]{64}")
@@ -667,7 +668,7 @@ def tree_node_id(node) -> str:
         raise ApiError(400, "give the node's id: /glassbox/tree/node?id=layer:sha256:…")
     if not TREE_NODE.fullmatch(node):
         raise ApiError(400, f"malformed node id {node[:80]!r}: expected scratch, layer:sha256:<64 hex>, "
-                            "image:sha256:<64 hex> or container:<64 hex>")
+                            "image:sha256:<64 hex>, container:<64 hex> or volume:<name>")
     return node
 
 

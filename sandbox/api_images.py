@@ -743,6 +743,7 @@ def image_inspect(image: Image, tags: list[str]) -> dict:
     layers = [str(p) for p in reversed(image.layers)]  # overlayfs order: top first
     return {
         "Id": image.id, "RepoTags": sorted(tags), "RepoDigests": [], "Parent": "",
+        "Container": config.get("container") or "",   # what `docker commit` made it of
         "Comment": (history[-1].get("comment") or "") if history else "",
         "Created": config.get("created") or "0001-01-01T00:00:00Z", "DockerVersion": "",
         "Author": config.get("author") or "", "Config": run,

@@ -630,19 +630,33 @@ class Engine:
         except FileNotFoundError:
             index = None
         return index, tuple((c.id, c.name, c.state, c.image.id, (c.rw_dir / "upper").is_dir())
-                            for c in self.list(system=False))
+                            for c in self.list(system=False)), \
+            tuple(v.name for v in self.volumes.list())
 
     def tree_graph(self, images: list[tree.ImageInfo] | None = None):
-        """The tree of this host's images and containers; as ``docker ps -a``, without
-        the host's own terminal."""
-        containers = [tree.ContainerInfo(c.id, c.name, c.image.id, c.state,
-                                         c.rw_dir / "upper" if (c.rw_dir / "upper").is_dir() else None)
-                      for c in self.list(system=False)]
+        """The tree of this host's images and containers, as ``docker ps -a`` without
+        the host's own terminal, and its volumes.
+
+        A container's writable layer is measured when the tree is built again (its
+        state changed, an image came or went): files a running container writes
+        show at its next change, not byte by byte.
+        """
+        from sandbox.inside import walk_upper
+        containers = []
+        for c in self.list(system=False):
+            upper = c.rw_dir / "upper"
+            upper = upper if upper.is_dir() else None
+            containers.append(tree.ContainerInfo(
+                c.id, c.name, c.image.id, c.state, upper,
+                upper_bytes=walk_upper(upper)[0] if upper else 0,
+                mounts=[(m.volume, m.target) for m in c.config.mounts if m.volume]))
+        volumes = [tree.VolumeInfo(v.name, v.anonymous) for v in self.volumes.list()]
         return tree.build_graph(self._tree_images() if images is None else images, containers,
-                                size_of=self._layer_size)
+                                size_of=self._layer_size, volumes=volumes)
 
     def _tree_images(self) -> list[tree.ImageInfo]:
-        return [tree.ImageInfo(i.name, i.id, i.diff_ids, i.config.get("history", []), i.layers)
+        return [tree.ImageInfo(i.name, i.id, i.diff_ids, i.config.get("history", []), i.layers,
+                               container=i.config.get("container"))
                 for i in self.images.list(dangling=True)]
 
     def _layer_size(self, chain_id: str, layer_dir: Path) -> int:
@@ -897,7 +911,9 @@ def committed_config(parent: dict, c: Container, layer_diff_id: str, author: str
         entry["comment"] = message
     history.append(entry)
     config = {k: v for k, v in parent.items() if k not in ("config", "history", "rootfs", "container")}
-    config.update(created=now, config=run_config, history=history,
+    # As Docker's: "container" names the container the image was committed from
+    # (the image tree draws that edge while the container exists).
+    config.update(created=now, container=c.id, config=run_config, history=history,
                   rootfs={"type": "layers",
                           "diff_ids": list(parent.get("rootfs", {}).get("diff_ids", [])) + [layer_diff_id]})
     if author:

@@ -11,9 +11,16 @@ stale or lie; a chain of digests cannot.
                     └─▶ layer ─▶ image ─▶ container
 
 Node ids: ``scratch``, ``layer:<ChainID>``, ``image:<image id>``,
-``container:<container id>``. Config-only build steps (``empty_layer`` history
+``container:<container id>``, ``volume:<name>``. Config-only build steps (``empty_layer`` history
 entries, e.g. ENV or CMD) change no file, so they are not layers: they are
 listed on the image they belong to.
+
+Two kinds of edge lie across the tree rather than along it: ``committed``, from
+a container to the image ``docker commit`` made of it (named by the image
+config's ``container`` field, while that container exists), and ``mounts``,
+from a container to each volume it mounts. A volume is storage that outlives
+its containers, so it stays on the map after they are gone. The tree queries
+(ancestors, descendants, weak points) follow only the tree's own edges.
 
 Besides the graph this module inspects layer directories the way dive does:
 what each layer adds, modifies and removes, and how much of an image is wasted
@@ -55,6 +62,7 @@ class ImageInfo:
     diff_ids: list[str]
     history: list[dict] = field(default_factory=list)
     layer_dirs: list[Path] = field(default_factory=list)
+    container: str | None = None    # the config's "container": what it was committed from
 
 
 @dataclass
@@ -64,6 +72,14 @@ class ContainerInfo:
     image_id: str
     state: str
     upper_dir: Path | None = None
+    upper_bytes: int | None = None   # what its writable layer holds
+    mounts: list[tuple[str, str]] = field(default_factory=list)   # (volume name, path inside)
+
+
+@dataclass
+class VolumeInfo:
+    name: str
+    anonymous: bool = False
 
 
 # ---------------------------------------------------------------- the graph
@@ -80,12 +96,23 @@ def container_node(container_id: str) -> str:
     return f"container:{container_id}"
 
 
-def build_graph(images: Iterable[ImageInfo], containers: Iterable[ContainerInfo] = (),
-                size_of: Callable[[str, Path], int] | None = None) -> nx.DiGraph:
-    """The tree of every layer, image and container, rooted at ``scratch``.
+def volume_node(name: str) -> str:
+    return f"volume:{name}"
 
-    Edges point from what is below to what is built on it. Each node has a
-    ``kind`` (scratch, layer, image, container) and a ``label``; see the
+
+# The edges of the tree itself: each node but scratch has one such parent.
+TREE_EDGES = frozenset({"layer", "image", "container"})
+
+
+def build_graph(images: Iterable[ImageInfo], containers: Iterable[ContainerInfo] = (),
+                size_of: Callable[[str, Path], int] | None = None,
+                volumes: Iterable[VolumeInfo] = ()) -> nx.DiGraph:
+    """The tree of every layer, image and container, rooted at ``scratch``, with
+    the volumes beside it.
+
+    Edges point from what is below to what is built on it (or, for ``committed``
+    and ``mounts``, from a container to what it made or uses). Each node has a
+    ``kind`` (scratch, layer, image, container, volume) and a ``label``; see the
     module docstring for the ids. ``size_of(chain_id, layer_dir)`` gives a
     layer's size (default: ``layer_size``, a scan of its directory); a caller
     that keeps sizes by ChainID passes its own, since a layer never changes.
@@ -93,10 +120,17 @@ def build_graph(images: Iterable[ImageInfo], containers: Iterable[ContainerInfo]
     size_of = size_of or (lambda chain_id, layer_dir: layer_size(layer_dir))
     graph = nx.DiGraph()
     graph.add_node(SCRATCH, kind="scratch", label="scratch")
+    images = list(images)
     for image in images:
         _add_image(graph, image, size_of)
+    for volume in volumes:
+        _add_volume(graph, volume)
     for container in containers:
         _add_container(graph, container)
+    for image in images:
+        source = container_node(image.container) if image.container else None
+        if source in graph:
+            graph.add_edge(source, image_node(image.id), kind="committed")
     return graph
 
 
@@ -161,11 +195,25 @@ def _add_container(graph: nx.DiGraph, container: ContainerInfo) -> None:
                        label=_image_label([], container.image_id) + "\n(missing)",
                        top_layer=None, history=[], config_steps=[])
     node = container_node(container.id)
+    label = f"{container.name}\n{container.state}"
+    if container.upper_bytes is not None:
+        label += f"\nrw {_human_size(container.upper_bytes)}"
     graph.add_node(node, kind="container", id=container.id, name=container.name,
                    image_id=container.image_id, state=container.state,
                    upper_dir=str(container.upper_dir) if container.upper_dir else None,
-                   label=f"{container.name}\n{container.state}")
+                   upper_bytes=container.upper_bytes, label=label)
     graph.add_edge(image, node, kind="container")
+    for name, path in container.mounts:
+        if volume_node(name) not in graph:   # removed under it (rm -f): still its mount
+            _add_volume(graph, VolumeInfo(name))
+        graph.add_edge(node, volume_node(name), kind="mounts", path=path)
+
+
+def _add_volume(graph: nx.DiGraph, volume: VolumeInfo) -> None:
+    # An anonymous volume's name is 64 hex digits: the first 12 say enough.
+    label = _short(volume.name) if volume.anonymous else volume.name
+    graph.add_node(volume_node(volume.name), kind="volume", name=volume.name,
+                   anonymous=volume.anonymous, label=label)
 
 
 def _short(digest: str) -> str:
@@ -229,17 +277,27 @@ def ancestors(graph: nx.DiGraph, node: str) -> list[str]:
     """
     node = _node(graph, node)
     path = []
-    parents = list(graph.predecessors(node))
+    parents = _tree_parents(graph, node)
     while parents and parents[0] != SCRATCH:
         path.append(parents[0])
-        parents = list(graph.predecessors(parents[0]))
+        parents = _tree_parents(graph, parents[0])
     return path[::-1]
 
 
+def _tree_parents(graph: nx.DiGraph, node: str) -> list[str]:
+    return [p for p in graph.predecessors(node) if graph.edges[p, node].get("kind") in TREE_EDGES]
+
+
+def _tree_only(graph: nx.DiGraph) -> nx.DiGraph:
+    """The graph without the edges that lie across the tree (committed, mounts)."""
+    return nx.subgraph_view(graph, filter_edge=lambda a, b: graph.edges[a, b].get("kind") in TREE_EDGES)
+
+
 def descendants(graph: nx.DiGraph, node: str) -> list[str]:
-    """Every layer, image and container built on ``node``, nearest first."""
+    """Every layer, image and container built on ``node``, nearest first (along the
+    tree: an image committed from a container is built on its own layers)."""
     node = _node(graph, node)
-    depth = nx.single_source_shortest_path_length(graph, node)
+    depth = nx.single_source_shortest_path_length(_tree_only(graph), node)
     return sorted((n for n in depth if n != node), key=lambda n: (depth[n], n))
 
 
@@ -570,14 +628,16 @@ def layer_size(layer_dir: Path) -> int:
 # ---------------------------------------------------------------- for the browser
 
 def to_json(graph: nx.DiGraph, omit: Iterable[str] = ()) -> dict:
-    """``{"nodes": [{id, kind, label, attributes}], "edges": [{source, target, kind}]}``,
-    without the attributes named in ``omit``."""
+    """``{"nodes": [{id, kind, label, attributes}], "edges": [{source, target, kind, …}]}``,
+    without the attributes named in ``omit``; an edge carries its own data too
+    (a ``mounts`` edge its ``path``)."""
     left_out = {"kind", "label", *omit}
     nodes = []
     for node, data in graph.nodes(data=True):
         attributes = {k: _plain(v) for k, v in data.items() if k not in left_out}
         nodes.append({"id": node, "kind": data["kind"], "label": data["label"], "attributes": attributes})
-    edges = [{"source": a, "target": b, "kind": data.get("kind")} for a, b, data in graph.edges(data=True)]
+    edges = [{**{k: _plain(v) for k, v in data.items()}, "source": a, "target": b, "kind": data.get("kind")}
+             for a, b, data in graph.edges(data=True)]
     return {"nodes": nodes, "edges": edges}
 
 
@@ -592,7 +652,8 @@ def describe(graph: nx.DiGraph, node: str, layer_dir: Callable[[str], Path], cap
     to measure: it may be changing).
     """
     data = graph.nodes[node]
-    below = [n for n in ancestors(graph, node) if graph.nodes[n]["kind"] == "layer"]
+    below = [n for n in ancestors(graph, node) if graph.nodes[n]["kind"] == "layer"] \
+        if data["kind"] != "volume" else []
     found = {"id": node, "kind": data["kind"]}
     if data["kind"] == "layer":
         changes = layer_changes([layer_dir(graph.nodes[n]["chain_id"]) for n in (*below, node)])[-1]
@@ -609,7 +670,18 @@ def describe(graph: nx.DiGraph, node: str, layer_dir: Callable[[str], Path], cap
                      history=data["history"], config_steps=data["config_steps"], efficiency=result)
     elif data["kind"] == "container":
         found.update(container_id=data["id"], name=data["name"], state=data["state"],
-                     image=image_node(data["image_id"]))
+                     image=image_node(data["image_id"]),
+                     volumes=[{"volume": v, "path": graph.edges[node, v]["path"]}
+                              for v in graph.successors(node) if graph.nodes[v]["kind"] == "volume"],
+                     committed=[i for i in graph.successors(node)
+                                if graph.edges[node, i].get("kind") == "committed"])
+    elif data["kind"] == "volume":
+        found.update(name=data["name"], anonymous=data["anonymous"],
+                     mounted_by=[{"container": c, "path": graph.edges[c, node]["path"]}
+                                 for c in graph.predecessors(node)])
+    if data["kind"] == "image":
+        found["committed_from"] = next((c for c in graph.predecessors(node)
+                                        if graph.edges[c, node].get("kind") == "committed"), None)
     return found
 
 
@@ -624,8 +696,8 @@ def signature(graph: nx.DiGraph) -> str:
     sha = hashlib.sha256()
     for node, data in graph.nodes(data=True):
         sha.update(f"n\0{node}\0{data['label']}\0".encode())
-    for a, b in graph.edges:
-        sha.update(f"e\0{a}\0{b}\0".encode())
+    for a, b, kind in graph.edges(data="kind"):
+        sha.update(f"e\0{a}\0{b}\0{kind}\0".encode())
     return sha.hexdigest()[:16]
 
 
@@ -645,25 +717,51 @@ class LayoutError(RuntimeError):
     pass
 
 
-_SHAPES = {"scratch": "box", "layer": "box", "image": "box", "container": "ellipse"}
+_SHAPES = {"scratch": "box", "layer": "box", "image": "box", "container": "ellipse",
+           "volume": "cylinder"}
+# An edge drawn with words on it: dot leaves room for them and says where they go.
+_EDGE_LABELS = {"committed": "commit"}
+# A tree this many times wider than tall reads better on its side (left to right).
+WIDE = 3.0
+
+
+def rankdir_for(width: float, height: float) -> str:
+    """``LR`` when a top-to-bottom layout of ``width`` × ``height`` is much wider than
+    tall (more than ``WIDE`` times): many images on few layers. Else ``TB``."""
+    return "LR" if width > WIDE * max(height, 1.0) else "TB"
 
 
 def layout(graph: nx.DiGraph) -> dict:
-    """Positions for drawing the tree, computed by Graphviz's ``dot``, top to bottom from scratch.
+    """Positions for drawing the tree, computed by Graphviz's ``dot``: top to bottom
+    from scratch, or left to right when that would be much wider than tall
+    (``rankdir_for``); ``rankdir`` says which.
 
     All figures are in points (1/72 inch) in dot's coordinates: the origin is
     the bottom-left corner and y grows upwards, so the browser draws a node at
     ``height - y``. Node x, y are the centre. Edge ``points`` are the B-spline
-    control points (1 + 3n of them); ``arrow`` is where the arrowhead points.
+    control points (1 + 3n of them); ``arrow`` is where the arrowhead points;
+    an edge with words on it (a ``committed`` one: "commit") has ``label`` and
+    ``label_at``, the centre of the words.
     """
+    placed = _dot(graph, "TB")
+    if rankdir_for(placed["width"], placed["height"]) == "LR":
+        placed = _dot(graph, "LR")
+    return placed
+
+
+def _dot(graph: nx.DiGraph, rankdir: str) -> dict:
     names = {node: f"n{i}" for i, node in enumerate(graph.nodes)}
-    dot = graphviz.Digraph(graph_attr={"rankdir": "TB", "nodesep": "0.3", "ranksep": "0.4"},
-                           node_attr={"fontname": "Helvetica", "fontsize": "10"})
+    dot = graphviz.Digraph(graph_attr={"rankdir": rankdir, "nodesep": "0.3", "ranksep": "0.4"},
+                           node_attr={"fontname": "Helvetica", "fontsize": "10"},
+                           edge_attr={"fontname": "Helvetica", "fontsize": "9"})
     for node, data in graph.nodes(data=True):
         label = "\\n".join(line.replace("\\", "\\\\") for line in str(data["label"]).split("\n"))
         dot.node(names[node], label=graphviz.nohtml(label), shape=_SHAPES.get(data["kind"], "box"))
-    for a, b in graph.edges:
-        dot.edge(names[a], names[b])
+    for a, b, kind in graph.edges(data="kind"):
+        if kind in _EDGE_LABELS:
+            dot.edge(names[a], names[b], label=_EDGE_LABELS[kind], style="dashed")
+        else:
+            dot.edge(names[a], names[b])
     try:
         out = json.loads(dot.pipe(format="json0"))
     except graphviz.ExecutableNotFound as e:
@@ -690,10 +788,13 @@ def layout(graph: nx.DiGraph) -> dict:
                 arrow = _point(token[2:])
             elif not token.startswith("s,"):
                 points.append(_point(token))
-        edges.append({"source": by_gvid[edge["tail"]], "target": by_gvid[edge["head"]],
-                      "points": points, "arrow": arrow})
+        route = {"source": by_gvid[edge["tail"]], "target": by_gvid[edge["head"]],
+                 "points": points, "arrow": arrow}
+        if "lp" in edge:
+            route.update(label=edge.get("label"), label_at=_point(edge["lp"]))
+        edges.append(route)
     _, _, width, height = (float(v) for v in out["bb"].split(","))
-    return {"width": width, "height": height, "nodes": nodes, "edges": edges}
+    return {"width": width, "height": height, "rankdir": rankdir, "nodes": nodes, "edges": edges}
 
 
 def _point(text: str) -> list[float]:

@@ -140,8 +140,12 @@ def served(answer: dict) -> tuple[dict[str, str], set[tuple[str, str]]]:
             {(e["source"], e["target"]) for e in graph["edges"]})
 
 
+# The tree's own edges; ``committed`` and ``mounts`` lie across it.
+TREE_EDGES = {"layer", "image", "container"}
+
+
 def parents_of(answer: dict) -> dict[str, str]:
-    return {e["target"]: e["source"] for e in answer["graph"]["edges"]}
+    return {e["target"]: e["source"] for e in answer["graph"]["edges"] if e["kind"] in TREE_EDGES}
 
 
 def image_tagged(answer: dict, tag: str) -> str:
@@ -294,6 +298,70 @@ def test_commit_adds_a_child_image_under_the_containers_image(web, student, serv
     page.wait_for_selector("#tree-details .files-added", timeout=15_000)
     page.click("#tree-details .files-added summary")
     assert "/changed" in page.inner_text("#tree-details .files-added")
+    assert not page.errors
+
+
+def test_commit_grows_out_of_its_container_and_a_volume_outlives_it(web, student, server):
+    page = student()
+    me = server(page)
+    open_tree(page)
+    me.docker("volume", "create", "notes")
+    ident = me.docker("run", "-d", "--name", "keeper", "-v", "notes:/notes", "busybox", "sh", "-c",
+                      "echo kept > /notes/a.txt; head -c 3000 /dev/zero > /big").stdout.strip()
+    me.docker("wait", "keeper")
+    container = f"container:{ident}"
+    answer = caught_up(page, me)
+    page.wait_for_selector(f"#tree-svg g.node[data-id='{container}'][data-state='exited']", timeout=30_000)
+    # Storage: the volume as a cylinder, mounted by the container; its writable layer's size under it.
+    assert page.get_attribute("#tree-svg g.node[data-id='volume:notes']", "data-kind") == "volume"
+    assert page.locator("#tree-svg g.node[data-id='volume:notes'] .rim").count() == 1
+    mount = page.locator(f"#tree-svg path.edge[data-source='{container}'][data-target='volume:notes']")
+    assert mount.get_attribute("data-kind") == "mounts"
+    upper = next(n for n in answer["graph"]["nodes"] if n["id"] == container)["attributes"]["upper_bytes"]
+    assert 3000 <= upper < 3100
+    assert page.text_content(f"#tree-svg g.node[data-id='{container}'] .upper").startswith("rw 2.9")
+
+    # Which node each new node grows out of, as the next render picks it.
+    page.evaluate("""() => {
+      const graph = window.glassbox.tree.view.graph;
+      const origin = graph.origin.bind(graph);
+      window.origins = {};
+      graph.origin = (id, next, fresh) => {
+        const from = origin(id, next, fresh);
+        window.origins[id] = from ? from.node.id : null;
+        return from;
+      };
+    }""")
+    me.docker("commit", "keeper", "snap")
+    answer = caught_up(page, me)
+    nodes, edges = served(answer)
+    assert drawn(page) == (nodes, edges)
+    snap = image_tagged(answer, "snap:latest")
+    new_layer = parents_of(answer)[snap]
+    edge = f"#tree-svg path.edge[data-source='{container}'][data-target='{snap}']"
+    assert page.get_attribute(edge, "data-kind") == "committed"
+    assert page.eval_on_selector(edge, "p => getComputedStyle(p).strokeDasharray") not in ("", "none")
+    label = page.locator(f"#tree-svg text.edge-label[data-source='{container}'][data-target='{snap}']")
+    assert label.text_content() == "commit"
+    assert page.evaluate("() => window.origins") == {new_layer: container, snap: container}
+    page.wait_for_timeout(700)  # the growth has played out
+    page.screenshot(path=str(ARTIFACTS / "test_commit_grows_out_of_its_container-commit.png"))
+
+    page.click(f"#tree-svg g.node[data-id='{snap}']")
+    page.wait_for_function("() => /keeper/.test(document.querySelector('#tree-details-body').innerText)")
+    page.click("#tree-svg g.node[data-id='volume:notes']")
+    page.wait_for_function("() => /\\/notes/.test(document.querySelector('#tree-details-body').innerText)")
+
+    me.docker("rm", "keeper")
+    answer = caught_up(page, me)
+    assert drawn(page) == served(answer)
+    assert "volume:notes" in drawn(page)[0] and container not in drawn(page)[0]
+    page.wait_for_function("() => !document.querySelector('#tree-svg text.edge-label')")  # faded out
+    # The volume's details follow: nothing mounts it now.
+    page.wait_for_function("() => !/keeper/.test(document.querySelector('#tree-details-body').innerText)")
+    page.click("#tree-details-close")
+    page.click("#tree-fit")
+    page.wait_for_timeout(700)
     assert not page.errors
 
 

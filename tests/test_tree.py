@@ -424,3 +424,115 @@ def test_layout_without_dot_is_a_clear_error(graph, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(tree.LayoutError, match="dot"):
         tree.layout(graph)
+
+
+# ---------------------------------------------------------------- commit-back, storage, wide trees
+
+E_DIFF = digest("layer E")
+COMMITTED = f"image:{digest('config committed')}"
+
+
+def committed_from(images, container_id: str | None) -> ImageInfo:
+    """app1 plus one layer E, as ``docker commit`` of ``container_id`` makes it."""
+    app1 = images[1]
+    return ImageInfo("snap:latest", digest("config committed"), [*app1.diff_ids, E_DIFF],
+                     [*app1.history, step("sh")], container=container_id)
+
+
+def test_a_committed_image_hangs_from_its_container_by_a_committed_edge(images, containers):
+    graph = tree.build_graph([*images, committed_from(images, "c1")], containers)
+    top = f"layer:{chain(CHAIN_AB, E_DIFF)}"
+    assert graph.edges["container:c1", COMMITTED]["kind"] == "committed"
+    assert graph.edges[AB, top]["kind"] == "layer" and graph.edges[top, COMMITTED]["kind"] == "image"
+    # Still a child of the container's image in the tree: its branch is its own layers.
+    assert tree.ancestors(graph, COMMITTED) == [A, AB, top]
+    assert tree.descendants(graph, "container:c1") == []
+    assert COMMITTED in tree.affected(graph, [AB])["images"]
+    assert {e["kind"] for e in tree.to_json(graph)["edges"] if e["target"] == COMMITTED} == {"image", "committed"}
+    found = tree.describe(graph, "container:c1", lambda chain_id: Path("/nonexistent"))
+    assert found["committed"] == [COMMITTED]
+
+
+def test_the_committed_edge_goes_with_its_container(images, containers):
+    graph = tree.build_graph([*images, committed_from(images, "c1")], containers[1:])
+    assert COMMITTED in graph and "container:c1" not in graph
+    assert [p for p in graph.predecessors(COMMITTED)] == [f"layer:{chain(CHAIN_AB, E_DIFF)}"]
+    # A pulled image names a container of some build machine: no edge, no error.
+    graph = tree.build_graph([*images, committed_from(images, "c-elsewhere")], containers)
+    assert all(kind != "committed" for *_, kind in graph.edges(data="kind"))
+
+
+def test_volumes_are_nodes_that_their_containers_mount_at_a_path(images, containers):
+    containers[0].mounts = [("data", "/var/lib/data")]
+    containers[2].mounts = [("data", "/srv"), ("f" * 64, "/cache")]
+    volumes = [tree.VolumeInfo("data"), tree.VolumeInfo("logs"), tree.VolumeInfo("f" * 64, anonymous=True)]
+    graph = tree.build_graph(images, containers, volumes=volumes)
+    assert graph.nodes["volume:data"]["kind"] == "volume"
+    assert graph.nodes["volume:logs"]["kind"] == "volume" and graph.degree("volume:logs") == 0
+    assert graph.nodes[f"volume:{'f' * 64}"]["label"] == "f" * 12
+    mounts = {(a, b, d["path"]) for a, b, d in graph.edges(data=True) if d["kind"] == "mounts"}
+    assert mounts == {("container:c1", "volume:data", "/var/lib/data"),
+                      ("container:c3", "volume:data", "/srv"),
+                      ("container:c3", f"volume:{'f' * 64}", "/cache")}
+    edges = tree.to_json(graph)["edges"]
+    assert {"source": "container:c1", "target": "volume:data", "kind": "mounts",
+            "path": "/var/lib/data"} in edges
+    # Storage is no part of the tree: a weak base layer reaches no volume.
+    assert set(tree.affected(graph, [A])) == {"layers", "images", "containers"}
+    found = tree.describe(graph, "volume:data", lambda chain_id: Path("/nonexistent"))
+    assert found["mounted_by"] == [{"container": "container:c1", "path": "/var/lib/data"},
+                                   {"container": "container:c3", "path": "/srv"}]
+    assert tree.describe(graph, "container:c3", lambda c: Path("/nonexistent"))["volumes"] == [
+        {"volume": "volume:data", "path": "/srv"}, {"volume": f"volume:{'f' * 64}", "path": "/cache"}]
+
+
+def test_a_volume_stays_on_the_map_after_its_container_is_removed(images, containers):
+    containers[0].mounts = [("data", "/data")]
+    before = tree.build_graph(images, containers, volumes=[tree.VolumeInfo("data")])
+    after = tree.build_graph(images, containers[1:], volumes=[tree.VolumeInfo("data")])
+    assert ("container:c1", "volume:data") in before.edges
+    assert "volume:data" in after and "container:c1" not in after
+    assert tree.signature(before) != tree.signature(after)
+
+
+def test_a_container_node_carries_its_writable_layer_size_under_its_name(images, containers):
+    containers[0].upper_bytes = 12_345
+    graph = tree.build_graph(images, containers)
+    assert graph.nodes["container:c1"]["upper_bytes"] == 12_345
+    assert graph.nodes["container:c1"]["label"] == "web1\nrunning\nrw 12.3 kB"
+    assert graph.nodes["container:c2"]["upper_bytes"] is None
+
+
+def test_the_layout_gives_a_committed_edge_its_word_and_a_volume_its_place(images, containers):
+    containers[0].mounts = [("data", "/data")]
+    graph = tree.build_graph([*images, committed_from(images, "c1")], containers,
+                             volumes=[tree.VolumeInfo("data")])
+    placed = tree.layout(graph)
+    routes = {(e["source"], e["target"]): e for e in placed["edges"]}
+    commit = routes["container:c1", COMMITTED]
+    assert commit["label"] == "commit" and all(math.isfinite(v) for v in commit["label_at"])
+    assert "label" not in routes["container:c1", "volume:data"]
+    nodes = placed["nodes"]
+    assert nodes["container:c1"]["y"] > nodes[COMMITTED]["y"]   # the image grows below its container
+    assert nodes["container:c1"]["y"] > nodes["volume:data"]["y"]
+
+
+@pytest.mark.parametrize("width, height, rankdir", [
+    (900, 300, "TB"), (901, 300, "LR"), (300, 900, "TB"), (5000, 100, "LR"), (10, 0, "LR"), (0, 0, "TB")])
+def test_only_a_much_wider_than_tall_tree_is_laid_on_its_side(width, height, rankdir):
+    assert tree.rankdir_for(width, height) == rankdir
+
+
+def test_many_images_on_one_layer_are_laid_left_to_right_and_a_deep_chain_top_to_bottom():
+    base = digest("layer base")
+    wide = [ImageInfo(f"app{i}:latest", digest(f"config wide {i}"), [base, digest(f"layer {i}")])
+            for i in range(30)]
+    placed = tree.layout(tree.build_graph(wide))
+    assert placed["rankdir"] == "LR"
+    nodes = placed["nodes"]
+    assert nodes["scratch"]["x"] < nodes[f"layer:{base}"]["x"] < nodes[f"image:{digest('config wide 0')}"]["x"]
+    assert placed["width"] <= 3 * placed["height"]
+
+    diffs = [digest(f"deep {i}") for i in range(8)]
+    deep = tree.layout(tree.build_graph([ImageInfo("deep:latest", digest("config deep"), diffs)]))
+    assert deep["rankdir"] == "TB"

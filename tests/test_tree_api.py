@@ -180,6 +180,67 @@ def test_a_containers_details_give_its_image_and_writable_layer(docker, built):
     assert details["name"] and details["upper_bytes"] >= 1000
 
 
+def edges_of(answer: dict) -> dict:
+    return {(e["source"], e["target"]): e for e in answer["graph"]["edges"]}
+
+
+def test_docker_commit_draws_the_container_becoming_a_child_image(docker, built):
+    ident = docker.ok("run", "-d", "three:v1", "sh", "-c", "echo snapshot > /snap.txt").strip()
+    docker.ok("wait", ident)
+    before = get_tree(docker)
+    image_id = docker.ok("commit", ident, "snap:v1").strip()
+    after = get_tree(docker)
+
+    image, container = f"image:{image_id}", f"container:{ident}"
+    new_layer = layer_nodes(docker, "snap:v1")[-1]
+    assert layer_nodes(docker, "snap:v1")[:-1] == layer_nodes(docker, "three:v1")
+    added = {(a, b, e["kind"]) for (a, b), e in edges_of(after).items()} - \
+        {(a, b, e["kind"]) for (a, b), e in edges_of(before).items()}
+    assert added == {(layer_nodes(docker, "three:v1")[-1], new_layer, "layer"), (new_layer, image, "image"),
+                     (container, image, "committed")}
+    # The image says where it came from, as Docker's does.
+    assert docker.client.images.get("snap:v1").attrs["Container"] == ident
+    route = {(e["source"], e["target"]): e for e in after["layout"]["edges"]}[container, image]
+    assert route["label"] == "commit" and len(route["label_at"]) == 2
+    status, details = node(docker, image)
+    assert status == 200 and details["committed_from"] == container
+
+    docker.ok("rm", ident)
+    gone = get_tree(docker)
+    assert image in {n["id"] for n in gone["graph"]["nodes"]}
+    assert all(e["kind"] != "committed" for e in gone["graph"]["edges"])
+    docker.ok("rmi", "snap:v1")
+
+
+def test_volumes_are_drawn_with_their_mounts_and_stay_after_their_container(docker, built):
+    docker.ok("volume", "create", "notes")
+    try:
+        ident = docker.ok("run", "-d", "-v", "notes:/notes", "three:v1", "sh", "-c",
+                          "echo kept > /notes/a.txt; head -c 2000 /dev/zero > /scratch.bin").strip()
+        docker.ok("wait", ident)
+        answer = get_tree(docker)
+        nodes = {n["id"]: n for n in answer["graph"]["nodes"]}
+        container = f"container:{ident}"
+        assert nodes["volume:notes"]["kind"] == "volume"
+        assert nodes["volume:notes"]["attributes"] == {"name": "notes", "anonymous": False}
+        mount = edges_of(answer)[container, "volume:notes"]
+        assert mount["kind"] == "mounts" and mount["path"] == "/notes"
+        # The writable layer holds the 2000 bytes written outside the volume, not the volume's file.
+        assert 2000 <= nodes[container]["attributes"]["upper_bytes"] < 2100
+        status, details = node(docker, "volume:notes")
+        assert status == 200 and details["mounted_by"] == [{"container": container, "path": "/notes"}]
+
+        docker.ok("rm", ident)
+        after = get_tree(docker)
+        assert "volume:notes" in {n["id"] for n in after["graph"]["nodes"]}
+        assert not [e for e in after["graph"]["edges"] if e["target"] == "volume:notes"]
+        assert after["signature"] != answer["signature"]
+    finally:
+        docker.remove_containers()
+        docker.ok("volume", "rm", "notes")
+    assert "volume:notes" not in {n["id"] for n in get_tree(docker)["graph"]["nodes"]}
+
+
 @pytest.fixture(scope="module")
 def child(daemon, built) -> str:
     """child:v1, FROM three:v1: one more layer, which removes /motd.txt and adds /child.txt."""
