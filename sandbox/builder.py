@@ -2,7 +2,9 @@
 
 The output is Docker's classic builder's (``Step 2/5 : RUN …``, `` ---> Using
 cache``, `` ---> Running in …``, ``Successfully built …``), and every step is
-an event (``build.step``, ``build.cache_hit``, ``layer.created``).
+an event (``build.step``, ``build.cache_hit``, ``layer.created``), after a
+``build.started`` that carries the Dockerfile for the page to show, and
+before ``build.done`` (or ``build.failed``).
 
 The cache is keyed as BuildKit keys it. Each step's key is the key of the
 execution state before it (base image, layers, ENV, ARG, WORKDIR, USER,
@@ -45,6 +47,8 @@ BUILTIN_ARGS = {"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_P
                 "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"}
 METADATA_ONLY = {"cmd", "entrypoint", "label", "expose", "volume", "stopsignal", "healthcheck",
                  "onbuild", "maintainer"}
+DOCKERFILE_SHOWN = 64 << 10   # bytes of the Dockerfile a build.started event carries
+STEP_SHOWN = 4 << 10          # characters of one instruction it carries
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -94,6 +98,16 @@ class Builder:
 
     def build(self, context: Path, options: BuildOptions, out: Callable[[str], None]) -> Image:
         """Builds ``context`` (a directory) with ``options``; ``out`` gets the log lines."""
+        self.announced = False
+        try:
+            return self._build(context, options, out)
+        except Exception as exc:
+            # A build the page saw start must be seen to stop, or its step spins forever.
+            if self.announced:
+                self.emit("build.failed", step=self.step, error=str(exc)[:1000])
+            raise
+
+    def _build(self, context: Path, options: BuildOptions, out: Callable[[str], None]) -> Image:
         started = time.monotonic()
         build_id = hashlib.sha256(os.urandom(16)).hexdigest()[:12]
         self.out = out
@@ -118,6 +132,7 @@ class Builder:
         total = sum(1 + len(s.instructions) for s in targets)
         self.step = 0
         self.total = total
+        self._emit_started(text, targets)
         built: dict[str, StageState] = {}
         state = None
         for stage in targets:
@@ -157,6 +172,20 @@ class Builder:
 
     def emit(self, kind: str, **detail) -> None:
         self.engine.bus.emit(kind, {"build": self.build_id}, detail, host=self.engine.host)
+
+    def _emit_started(self, text: str, targets: list[df.Stage]) -> None:
+        """The Dockerfile and its steps, numbered as the ``build.step`` events will number
+        them (ONBUILD triggers of a base, known only at its FROM, come in between)."""
+        instructions = [i for stage in targets for i in (stage.from_instruction, *stage.instructions)]
+        data = text.encode()
+        self.emit("build.started", dockerfile=data[:DOCKERFILE_SHOWN].decode("utf-8", "ignore"),
+                  truncated=len(data) > DOCKERFILE_SHOWN, file=self.options.dockerfile,
+                  tags=list(self.options.tags), total=self.total,
+                  steps=[{"index": n, "instruction": i.cmd.upper(),
+                          "original": i.original.strip()[:STEP_SHOWN],
+                          "line": i.line, "end_line": i.end_line}
+                         for n, i in enumerate(instructions, start=1)])
+        self.announced = True
 
     def _stages_to_build(self, stage_list: list[df.Stage], target: str | None) -> list[df.Stage]:
         if target is None:
@@ -289,13 +318,15 @@ class Builder:
         rootfs = state.config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
         if entry is not None:
             self.out(" ---> Using cache\n")
-            self.emit("build.cache_hit", step=self.step, key=key, layer=entry["layer"]["digest"])
+            self.emit("build.cache_hit", step=self.step, key=key, layer=entry["layer"]["digest"],
+                      chain=chain_ids(list(rootfs.get("diff_ids", [])) + [entry["layer"]["digest"]])[-1])
         else:
             layer = make_layer()
             entry = {"layer": layer, "history": self._history(created_by, empty=False),
                      "chain": chain_ids(list(rootfs.get("diff_ids", [])) + [layer["digest"]])[-1]}
             self.cache[key] = entry
-            self.emit("layer.created", step=self.step, layer=layer["digest"], size=layer["size"])
+            self.emit("layer.created", step=self.step, layer=layer["digest"], size=layer["size"],
+                      chain=entry["chain"])
         state.layers.append(entry["layer"])
         rootfs["diff_ids"] = list(rootfs.get("diff_ids", [])) + [entry["layer"]["digest"]]
         state.config.setdefault("history", []).append(entry["history"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.builder import BuildError, BuildOptions
+from sandbox.images import chain_ids
 from sandbox.runtime import ContainerConfig
 
 
@@ -297,3 +298,49 @@ def test_labels_given_to_the_build_are_a_last_config_step(engine, context):
     assert image.config["config"]["Labels"] == {"from": "dockerfile", "course": "containers-101"}
     assert image.config["history"][-1]["created_by"] == 'LABEL "course"="containers-101"'
     assert len(image.layers) == 1
+
+
+def test_a_build_tells_its_dockerfile_and_ties_each_layer_step_to_its_chain(engine, context, events):
+    dockerfile = "FROM busybox\nRUN echo hi > /hi \\\n    && true\nCMD [\"cat\", \"/hi\"]\n"
+    write(context, {"Dockerfile": dockerfile})
+    image, _ = build(engine, context, tags=["app"])
+    started = next(e for e in events if e.kind == "build.started")
+    assert started.detail["dockerfile"] == dockerfile and not started.detail["truncated"]
+    assert started.detail["total"] == 3 and started.detail["tags"] == ["app"]
+    assert [(s["index"], s["instruction"], s["line"]) for s in started.detail["steps"]] == \
+        [(1, "FROM", 1), (2, "RUN", 2), (3, "CMD", 4)]
+    # The steps as the build.step events name them, so the page can match the two.
+    announced = [(e.detail["step"], e.detail["instruction"]) for e in events if e.kind == "build.step"]
+    assert announced == [(s["index"], s["original"]) for s in started.detail["steps"]]
+    # The RUN's layer, named as the image tree names it: by its ChainID in this image.
+    chain = chain_ids(image.config["rootfs"]["diff_ids"])[-1]
+    created = [e.detail for e in events if e.kind == "layer.created"]
+    assert [(d["step"], d["chain"]) for d in created] == [(2, chain)]
+    events.clear()
+    build(engine, context, tags=["app"])
+    hits = [e.detail for e in events if e.kind == "build.cache_hit"]
+    assert [(d["step"], d.get("chain")) for d in hits] == [(2, chain), (3, None)]
+
+
+def test_build_started_caps_the_dockerfile_it_carries(engine, context, events):
+    padding = "# " + "x" * 1000 + "\n"
+    write(context, {"Dockerfile": "FROM busybox\n" + padding * 80 + "CMD [\"true\"]\n"})
+    build(engine, context)
+    started = next(e for e in events if e.kind == "build.started")
+    assert started.detail["truncated"] and len(started.detail["dockerfile"].encode()) == 64 << 10
+    assert [s["instruction"] for s in started.detail["steps"]] == ["FROM", "CMD"]
+
+
+def test_a_failed_build_says_where_it_stopped(engine, context, events):
+    write(context, {"Dockerfile": "FROM busybox\nENV A=1\nRUN exit 3\nCMD [\"true\"]\n"})
+    with pytest.raises(BuildError):
+        build(engine, context)
+    kinds = [e.kind for e in events if e.kind.startswith("build.")]
+    assert kinds[0] == "build.started" and kinds[-1] == "build.failed" and "build.done" not in kinds
+    failed = next(e for e in events if e.kind == "build.failed")
+    assert failed.detail["step"] == 3 and "non-zero code: 3" in failed.detail["error"]
+    events.clear()
+    write(context, {"Dockerfile": "FROMM busybox\n"})
+    with pytest.raises(BuildError):
+        build(engine, context)
+    assert not [e for e in events if e.kind.startswith("build.")]  # it never started
