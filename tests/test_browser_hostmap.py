@@ -141,6 +141,13 @@ def test_the_host_map_counts_what_the_daemon_has(web, student):
     assert made.returncode == 0, made.stderr
     page.wait_for_function("""() => { const d = document.querySelector('#hostmap-svg').dataset;
         return +d.running === 1 && +d.containers === 1 && +d.volumes === 1; }""", timeout=30_000)
+    # A volume no container mounts counts too, and one removed stops counting.
+    assert web.docker(host, "volume", "create", "lonely").returncode == 0
+    page.wait_for_function("() => +document.querySelector('#hostmap-svg').dataset.volumes === 2",
+                           timeout=30_000)
+    assert web.docker(host, "volume", "rm", "lonely").returncode == 0
+    page.wait_for_function("() => +document.querySelector('#hostmap-svg').dataset.volumes === 1",
+                           timeout=30_000)
     images = web.docker(host, "images", "-q", "--no-trunc")
     assert int(page.eval_on_selector("#hostmap-svg", "s => s.dataset.images")) == \
         len(set(images.stdout.split()))

@@ -183,6 +183,10 @@ export class HostMap {
       this.treeSig = tree.signature ?? null;
       this.counts.images = nodes.filter((n) => n.kind === "image" && !(n.attributes || {}).missing).length;
       this.counts.layers = nodes.filter((n) => n.kind === "layer").length;
+      // The tree lists every volume the daemon keeps: the exact set, whatever the
+      // events kept in memory still say.
+      this.volumes = new Set(nodes.filter((n) => n.kind === "volume")
+        .map((n) => (n.attributes || {}).name || n.id.replace(/^volume:/, "")));
     }
     if (!containers.error && Array.isArray(containers.containers)) {
       const list = containers.containers;
