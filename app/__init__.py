@@ -33,6 +33,7 @@ def create_app(config: dict | None = None) -> Flask:
         SECRET_KEY=None,                      # signs the visitor's cookie; shared by all web nodes
         HOST_IDLE_TIMEOUT=1800.0,             # seconds before an unused visitor's host is freed
         HOSTS_PER_ADDRESS_PER_HOUR=20,        # new hosts one client address may be given
+        SOCKETS_PER_ADDRESS_PER_MINUTE=30,    # new Socket.IO sessions one client address may open
         HOST_QUOTA=None,                      # visitors' hosts' quotas ({field: n|None}); None: defaults
         ALLOWED_ORIGINS=None,                 # Socket.IO origins; None: this site's own only
         SESSION_COOKIE_HTTPONLY=True,

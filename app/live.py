@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 import time
 
@@ -22,12 +23,19 @@ from flask_socketio import disconnect, join_room
 
 from .engine_client import EngineError, EngineRefused
 from .hosts import Host, HostUnavailable, host_name, hosts, visitor_id
-from .socketio import socketio
+from .socketio import queued, socketio
 
 log = logging.getLogger("glassbox.web")
 
 KEEP = 10_000         # events kept per host, as many as the daemon keeps
 MAX_BACKLOG = 2_000   # packets queued for one browser before it counts as stalled
+# Characters queued for a browser that still sends but no longer reads: each message it
+# sends may queue an answer (subscribe replays up to KEEP events, some 3.5 MB), so
+# without a limit it could make this process hold any amount of memory.
+MAX_UNREAD = 8 << 20
+# A container's id or name, as Docker allows them: nothing that could change the path
+# of the request made with it (no /, ?, #, %, spaces or control characters).
+CONTAINER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def host_room(host: str) -> str:
@@ -113,17 +121,12 @@ class Relay:
     def _drop_stalled(self) -> None:
         """Disconnects a browser that has stopped reading (its queue only grows): it would
         hold memory for nothing, and it resumes by seq when it comes back."""
-        server = socketio.server
         for sid in list(self.members):
-            try:
-                eio_sid = server.manager.eio_sid_from_sid(sid, "/")
-                queued = server.eio.sockets[eio_sid].queue.qsize()
-            except (KeyError, AttributeError, TypeError):
-                continue
-            if queued > MAX_BACKLOG:
-                log.info("browser %s stopped reading (%d packets queued): disconnected", sid, queued)
+            packets, _ = queued(sid)
+            if packets > MAX_BACKLOG:
+                log.info("browser %s stopped reading (%d packets queued): disconnected", sid, packets)
                 self.members.discard(sid)
-                server.disconnect(sid)
+                socketio.server.disconnect(sid)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -170,12 +173,24 @@ def current_host(create: bool = False) -> Host:
     return hosts().get(host_name(visitor), request.remote_addr or "?", create=create)
 
 
+def fields(message) -> dict:
+    """A browser's message as a dict: anything else (a list, a string) has no fields."""
+    return message if isinstance(message, dict) else {}
+
+
 def answer_errors(handler):
-    """A Socket.IO handler whose failures come back to the browser as ``{error}``."""
+    """A Socket.IO handler whose failures come back to the browser as ``{error}``, and
+    that first drops a browser which sends without reading what it is sent."""
     import functools
 
     @functools.wraps(handler)
     def wrapped(*args):
+        _, unread = queued(request.sid)
+        if unread > MAX_UNREAD:
+            log.info("browser %s sends but does not read (%d characters queued): disconnected",
+                     request.sid, unread)
+            disconnect()
+            return None
         try:
             return handler(*args)
         except HostUnavailable as e:
@@ -212,7 +227,7 @@ def on_disconnect(*_):
 @socketio.on("subscribe")
 @answer_errors
 def subscribe(message=None):
-    since = (message or {}).get("since", 0)
+    since = fields(message).get("since", 0)
     if not isinstance(since, int) or isinstance(since, bool) or since < 0:
         return {"error": "since must be the last sequence number seen (0 at first)"}
     host = current_host()
@@ -228,8 +243,8 @@ def containers(message=None):
 @socketio.on("inside")
 @answer_errors
 def inside(message=None):
-    ident = (message or {}).get("id")
-    if not isinstance(ident, str) or not ident or "/" in ident or len(ident) > 128:
+    ident = fields(message).get("id")
+    if not isinstance(ident, str) or not CONTAINER.fullmatch(ident):
         return {"error": "inside needs a container id"}
     return current_host().client().get_json(f"/glassbox/containers/{ident}/inside")
 

@@ -12,7 +12,9 @@ reads (slowloris). So, here:
   machine usually has whole. Loopback is not counted: that is this machine itself (the
   daemon pushing to the classroom registry, the benchmarks, a local reverse proxy — which
   must then protect itself). ``GLASSBOX_CONNECTIONS_PER_ADDRESS`` changes the number
-  (for a classroom behind one NAT address);
+  (for a classroom behind one NAT address); ``GLASSBOX_HEADERS_TIMEOUT`` and
+  ``GLASSBOX_IO_TIMEOUT`` the two timeouts below (``glassbox up`` passes its environment
+  on to gunicorn);
 - a request's line and headers must all arrive within ``HEADERS_TIMEOUT`` of a thread
   taking the connection;
 - any read or write that moves no byte for ``IO_TIMEOUT`` ends the connection. An open
@@ -35,12 +37,15 @@ import time
 from gunicorn.workers import gthread
 
 CONNECTIONS_PER_ADDRESS = int(os.environ.get("GLASSBOX_CONNECTIONS_PER_ADDRESS") or 32)
-HEADERS_TIMEOUT = 15.0   # seconds for a request's line and headers
-IO_TIMEOUT = 60.0        # seconds a read or a write may go without moving a byte
+# seconds for a request's line and headers
+HEADERS_TIMEOUT = float(os.environ.get("GLASSBOX_HEADERS_TIMEOUT") or 15)
+# seconds a read or a write may go without moving a byte (more than Socket.IO's ping
+# interval and timeout, 25 + 20 s, or quiet WebSockets would be cut)
+IO_TIMEOUT = float(os.environ.get("GLASSBOX_IO_TIMEOUT") or 60)
 
+_REFUSED = b"Too many connections from your address at once: close some tabs first.\n"
 REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-           b"Connection: close\r\nContent-Length: 72\r\n\r\n"
-           b"Too many connections from your address at once: close some tabs first.\n")
+           b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_REFUSED), _REFUSED))
 
 
 def address_key(address) -> str | None:

@@ -23,8 +23,8 @@ from flask_socketio import join_room, leave_room
 
 from .engine_client import EngineError, EngineRefused
 from .hosts import Host
-from .live import answer_errors, current_host
-from .socketio import socketio
+from .live import CONTAINER, answer_errors, current_host, fields
+from .socketio import queued, socketio
 
 log = logging.getLogger("glassbox.web")
 
@@ -32,6 +32,13 @@ REPLAY_BYTES = 64 * 1024    # recent output kept for a tab that (re)joins
 MAX_INPUT = 64 * 1024       # bytes of one input message
 MAX_TERMINALS = 8           # open terminals per host
 OPENS_PER_MINUTE = 20       # terminal.open per host
+# Flow control: a tab with more than this many characters of output waiting to be written
+# to it holds the terminal's reading (the program's writes block, as on a slow real
+# terminal) — without it `yes` in a tab that stopped reading fills this process's memory
+# at tens of MB a second. A tab that stays that far behind for STALLED_AFTER seconds is
+# disconnected; it rejoins with the replay when it comes back.
+MAX_UNREAD = 1 << 20
+STALLED_AFTER = 10.0
 
 
 class Terminal:
@@ -69,6 +76,7 @@ class Terminal:
                 if not data:
                     break
                 self._output(data)
+                self._wait_for_tabs()
         finally:
             self.closed.set()
             self.sock.close()
@@ -87,6 +95,24 @@ class Terminal:
             if text:
                 socketio.emit("terminal.output", {"id": self.id, "data": text, "replay": False},
                               to=self.room)
+
+    def _wait_for_tabs(self) -> None:
+        """Reads no more of the stream while a tab showing this terminal is behind (see
+        MAX_UNREAD); drops a tab that stays behind."""
+        behind_since = None
+        while True:
+            behind = [sid for sid, _ in socketio.server.manager.get_participants("/", self.room)
+                      if queued(sid)[1] > MAX_UNREAD]
+            if not behind or self.closed.is_set():
+                return
+            now = time.monotonic()
+            behind_since = behind_since or now
+            if now - behind_since > STALLED_AFTER:
+                for sid in behind:
+                    log.info("terminal %s: tab %s stopped reading: disconnected", self.id, sid)
+                    socketio.server.disconnect(sid)
+                return
+            time.sleep(0.05)
 
     def _demultiplex(self, data: bytes) -> bytes:
         self.frames += data
@@ -283,10 +309,10 @@ def size(message: dict) -> tuple[int, int]:
 @socketio.on("terminal.open")
 @answer_errors
 def terminal_open(message=None):
-    message = message or {}
+    message = fields(message)
     target, how = message.get("target", "host"), message.get("how", "attach")
-    if how not in ("attach", "exec") or not isinstance(target, str) or not target \
-            or "/" in target or "?" in target or len(target) > 128:
+    if how not in ("attach", "exec") or not isinstance(target, str) \
+            or not (target == "host" or CONTAINER.fullmatch(target)):
         return {"error": "terminal.open needs target ('host' or a container id) and how "
                          "('attach' or 'exec')"}
     cols, rows = size(message)
@@ -311,7 +337,7 @@ def terminal_open(message=None):
 
 def mine(message) -> Terminal | None:
     """The terminal a message names, if it is one of this visitor's own."""
-    ident = (message or {}).get("id")
+    ident = fields(message).get("id")
     if not isinstance(ident, str):
         return None
     return terminals.find(current_host().name, ident)
@@ -321,7 +347,7 @@ def mine(message) -> Terminal | None:
 @answer_errors
 def terminal_input(message=None):
     terminal = mine(message)
-    data = (message or {}).get("data")
+    data = fields(message).get("data")
     if terminal is None or not isinstance(data, str):
         return {"error": "no such terminal"}
     if len(data) > MAX_INPUT:

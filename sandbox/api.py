@@ -477,7 +477,9 @@ class ContainerRoutes:
                 try:
                     event = q.get(timeout=1.0)
                 except queue.Empty:
-                    if self.client_gone():
+                    # A removed host's engine makes no more events: end the stream, or the
+                    # follower (the web app's relay) and this thread would wait for ever.
+                    if self.client_gone() or self.engine.closed:
                         break
                     continue
                 if event.seq <= last_seq:

@@ -266,7 +266,10 @@ def serve(state_dir: str | None, web: tuple[str, int] | None = None) -> int:
             try:
                 web_process.wait(10)
             except subprocess.TimeoutExpired:
-                web_process.kill()
+                # Its whole process group: killing gunicorn's master alone left its worker
+                # running as an orphan, still serving the WebSockets it had open.
+                os.killpg(web_process.pid, signal.SIGKILL)
+                web_process.wait()
         control.shutdown()
         control.server_close()
         daemon.close()
@@ -312,8 +315,8 @@ def start_web(socket: Path, address: tuple[str, int], identity, registry: Path |
     # app.server.Worker is gunicorn's threaded worker with limits, so that one client
     # can't hold all 200 (connections per address, header and I/O timeouts).
     command = [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "200",
-               "-k", "app.server.Worker", "-b", f"{host}:{port}", "--no-control-socket", "--access-logfile", "-",
-               "app.wsgi:application"]
+               "-k", "app.server.Worker", "-b", f"{host}:{port}", "--no-control-socket",
+               "--access-logfile", "-", "app.wsgi:application"]
     if identity:
         command[3:3] = ["--user", str(identity[0]), "--group", str(identity[1])]
     else:
@@ -324,4 +327,5 @@ def start_web(socket: Path, address: tuple[str, int], identity, registry: Path |
         env["GLASSBOX_REGISTRY_ROOT"] = str(registry)
     root = Path(__file__).resolve().parent.parent
     log.info("web app on http://%s:%s", host, port)
-    return subprocess.Popen(command, env=env, cwd=root)
+    # A process group of its own, so that stopping it can stop its worker too.
+    return subprocess.Popen(command, env=env, cwd=root, start_new_session=True)

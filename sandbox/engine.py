@@ -787,6 +787,11 @@ class Engine:
             "images": len(self.images.list()),
         }
 
+    @property
+    def closed(self) -> bool:
+        """Closed: its host was removed (or the daemon is stopping)."""
+        return self._closed.is_set()
+
     def close(self) -> None:
         """Kills and removes every container, then the zygote and shared mounts."""
         if self._closed.is_set():
