@@ -4,76 +4,17 @@ registry shows every blob the daemon's events name, with the same byte counts. E
 final screen is kept in test-artifacts/."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from sandbox.webharness import WebApp
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("GLASSBOX_ARTIFACTS",
-                                Path(__file__).resolve().parent.parent / "test-artifacts"))
+from tests.test_browser import CHROMIUM, browser, host_of, student, web  # noqa: F401 (fixtures)
+
 BLOB_KINDS = {"blob.pushed", "blob.mounted", "blob.pulled", "blob.skipped"}
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="Debian's chromium is not installed (scripts/setup.sh installs it)")
-
-
-@pytest.fixture(scope="module")
-def web():
-    app = WebApp()
-    try:
-        yield app
-    finally:
-        app.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def student(request, web, browser):
-    """A fresh browser context (a student with no cookie yet) on the page; its final
-    screen is saved whatever happens."""
-    pages = []
-
-    def open_page(locale: str = "en-US"):
-        context = browser.new_context(viewport={"width": 1280, "height": 800}, locale=locale)
-        page = context.new_page()
-        page.errors = []
-        page.on("pageerror", lambda e: page.errors.append(str(e)))
-        page.goto(web.url + "/")
-        page.wait_for_selector("#connection[data-state='connected']", timeout=30_000)
-        pages.append(page)
-        return page
-    yield open_page
-    ARTIFACTS.mkdir(exist_ok=True)
-    for i, page in enumerate(pages):
-        suffix = f"-{i + 1}" if len(pages) > 1 else ""
-        try:
-            page.screenshot(path=str(ARTIFACTS / f"{request.node.name}{suffix}.png"))
-        except Exception:  # a crashed page still lets the others be saved
-            pass
-        page.context.close()
-
-
-def host_of(web, page) -> str:
-    """The student's Docker host, asked with the page's own cookie."""
-    cookie = next(c["value"] for c in page.context.cookies() if c["name"] == "session")
-    visitor = web.visitor(cookie=cookie)
-    try:
-        return visitor.subscribe()["host"]
-    finally:
-        visitor.close()
 
 
 def daemon_events(web, host: str) -> list[dict]:
