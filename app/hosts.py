@@ -71,7 +71,11 @@ class Hosts:
         visit, or the host was freed after being idle)."""
         with self.lock:
             known = self.sockets.get(name)
-        if known is not None and self._still_there(name):
+        # Touched in the last half minute: it is there (the daemon frees a host only after
+        # its idle timeout, and a reset here forgets it), so no request to the daemon.
+        fresh = min(30.0, self.idle_timeout / 2)
+        if known is not None and (time.monotonic() - self.touched.get(name, 0) < fresh
+                                  or self._still_there(name)):
             return Host(name, known)
         existing = self._lookup(name)
         if existing is None:
@@ -141,6 +145,7 @@ class Hosts:
     def remove(self, name: str) -> None:
         with self.lock:
             self.sockets.pop(name, None)
+            self.touched.pop(name, None)
         try:
             self.control.call("DELETE", f"/glassbox/hosts/{name}")
         except EngineRefused as e:
