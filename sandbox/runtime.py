@@ -20,6 +20,7 @@ Steps 3–9 run in the zygote's children and report over the status pipe.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import logging
@@ -177,8 +178,15 @@ class Process:
             self.stdin_fd = None
 
     def resize(self, rows: int, cols: int) -> None:
-        if self.console_fd is not None:
+        if self.console_fd is None:
+            return
+        try:
             fcntl.ioctl(self.console_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        except OSError as e:
+            # A process that ends at once closes its console (the pump is closing it now)
+            # before a client's first resize: there is nothing left to size.
+            if e.errno not in (errno.EBADF, errno.EIO, errno.ENOTTY):
+                raise
 
 
 class Container:

@@ -61,7 +61,7 @@ def test_run_events_are_json_lines_on_stderr(state_dir, host_unchanged):
 def test_run_with_a_tty(state_dir, host_unchanged):
     code, output = pty_session([GLASSBOX, "run", "--state-dir", str(state_dir), "--rm", "-t", "busybox",
                                 "sh", "-c", "tty; stty size; exit 7"])
-    assert code == 7
+    assert code == 7, output
     assert b"/dev/pts/0" in output
 
 
