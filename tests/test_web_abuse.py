@@ -22,6 +22,7 @@ import requests
 
 from app.engine_client import EngineClient
 from sandbox.webharness import WebApp
+from tests.test_web import visitor  # noqa: F401 (the fixture, on this module's `web`)
 
 CONNECTIONS_PER_ADDRESS = 32   # app/server.py's default
 HEADERS_TIMEOUT = 2            # set for this file's web app (the default is 15 s)
@@ -39,19 +40,6 @@ def web():
         yield app
     finally:
         app.stop()
-
-
-@pytest.fixture
-def visitor(web):
-    made = []
-
-    def make(**kwargs):
-        v = web.visitor(**kwargs)
-        made.append(v)
-        return v
-    yield make
-    for v in made:
-        v.close()
 
 
 @pytest.fixture
