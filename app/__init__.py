@@ -36,6 +36,9 @@ def create_app(config: dict | None = None) -> Flask:
         SOCKETS_PER_ADDRESS_PER_MINUTE=30,    # new Socket.IO sessions one client address may open
         HOST_QUOTA=None,                      # visitors' hosts' quotas ({field: n|None}); None: defaults
         ALLOWED_ORIGINS=None,                 # Socket.IO origins; None: this site's own only
+        DATABASE_URL="sqlite://",             # progress and classrooms (SQLAlchemy URL); `glassbox up`: a file
+        LESSONS_DIR=None,                     # None: the checkout's lessons/
+        REGISTRY_ADDRESS=None,                # the registry as the daemon reaches it, e.g. 127.0.0.1:8000
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=7 * 24 * 3600,
@@ -48,7 +51,7 @@ def create_app(config: dict | None = None) -> Flask:
         app.logger.warning("no SECRET_KEY: visitors' cookies last until this process ends")
         app.config["SECRET_KEY"] = secrets.token_hex(32)
 
-    from . import csrf, graphs, hosts, live, registry, socketio, status, terminals, web  # noqa: F401 (handlers)
+    from . import csrf, graphs, hosts, learn, live, registry, socketio, status, terminals, web  # noqa: F401 (handlers)
     app.register_blueprint(status.bp)
     app.register_blueprint(web.bp)
     csrf.init_app(app)
@@ -56,4 +59,5 @@ def create_app(config: dict | None = None) -> Flask:
     registry.init_app(app)
     socketio.init_app(app)
     live.init_app(app)
+    learn.init_app(app)
     return app

@@ -85,7 +85,7 @@ class Lesson:
 
 def load(root: Path) -> list[Lesson]:
     """Every lesson under ``root``, by chapter; LessonError names every problem."""
-    lessons, problems = _read_all(Path(root))
+    lessons, problems = read_all(Path(root))
     if problems:
         raise LessonError("\n".join(problems))
     return lessons
@@ -93,10 +93,10 @@ def load(root: Path) -> list[Lesson]:
 
 def lint(root: Path) -> list[str]:
     """Every problem of every lesson under ``root``, one line each (empty: all good)."""
-    return _read_all(Path(root))[1]
+    return read_all(Path(root))[1]
 
 
-def _read_all(root: Path) -> tuple[list[Lesson], list[str]]:
+def read_all(root: Path) -> tuple[list[Lesson], list[str]]:
     lessons, problems = [], []
     for directory in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         lesson, found = _read_lesson(directory)

@@ -38,6 +38,11 @@ MAX_UNREAD = 8 << 20
 CONTAINER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
+# Called with (host, events) for each batch of a host's events, in the relay's thread:
+# a listener only takes note (the lessons' checks run elsewhere).
+event_listeners: list = []
+
+
 def host_room(host: str) -> str:
     return f"host:{host}"
 
@@ -98,6 +103,8 @@ class Relay:
                         if fresh:  # a burst (a container's start) goes out as one message
                             socketio.emit("events", fresh, to=self.room)
                             self._drop_stalled()
+                            for listener in event_listeners:
+                                listener(self.host, fresh)
                     if self.stopped.is_set():
                         return
             except EngineRefused as e:

@@ -33,6 +33,10 @@ def config_from_environment() -> dict:
         config["HOST_QUOTA"] = json.loads(os.environ["GLASSBOX_HOST_QUOTA"])
     if os.environ.get("GLASSBOX_ALLOWED_ORIGINS"):
         config["ALLOWED_ORIGINS"] = os.environ["GLASSBOX_ALLOWED_ORIGINS"].split(",")
+    if os.environ.get("GLASSBOX_DATABASE_URL"):
+        config["DATABASE_URL"] = os.environ["GLASSBOX_DATABASE_URL"]
+    if os.environ.get("GLASSBOX_REGISTRY_ADDRESS"):
+        config["REGISTRY_ADDRESS"] = os.environ["GLASSBOX_REGISTRY_ADDRESS"]
     return config
 
 

@@ -128,6 +128,7 @@ class Visitor:
         self.exits: list[dict] = []
         self.notices: list[dict] = []
         self.terminal_lists: list[list] = []
+        self.messages: dict[str, list] = {}   # everything else the server sent, by name
         self.changed = threading.Condition()
         self.sio = None
         if connect:
@@ -147,6 +148,7 @@ class Visitor:
         self.sio.on("terminal.exit", lambda m: self._record(self.exits, m))
         self.sio.on("notice", lambda m: self._record(self.notices, m))
         self.sio.on("terminals", lambda m: self._record(self.terminal_lists, m))
+        self.sio.on("*", lambda name, m=None: self._record(self.messages.setdefault(name, []), m))
         headers = {"Cookie": f"session={self.cookie}"}
         self.sio.connect(self.web.url, headers=headers, transports=["websocket"], wait_timeout=10)
 

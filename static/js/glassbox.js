@@ -8,6 +8,7 @@ import { Timeline } from "./timeline.js";
 import { ImageTree } from "./tree.js";
 import { BuildView, treeShower } from "./build.js";
 import { HostMap } from "./hostmap.js";
+import { Lessons } from "./lessons.js";
 
 const ACK_TIMEOUT_MS = 10000;
 const SEEN_KEEP = 50000;  // seqs remembered for de-duplication
@@ -110,6 +111,8 @@ async function main() {
   let showInTree = () => {};
   const build = new BuildView({view: $("#build-view"), request, showInTree: (id) => showInTree(id)});
   const hostmap = new HostMap({view: $("#hostmap-view"), request});
+  const lessons = new Lessons({panel: $("#lesson-panel"), toggle: $("#lessons-toggle"), request, socket,
+                               terminals, onError: ackFailed});
 
   // ---------------------------------------------------------------- connection
   let connection = "connecting";
@@ -132,6 +135,7 @@ async function main() {
     tree.relabel();
     build.relabel();
     hostmap.relabel();
+    lessons.relabel();
     setConnection(connection);
   });
 
@@ -210,6 +214,7 @@ async function main() {
     containers.refresh();
     tree.refreshSoon();  // what changed while away
     hostmap.refreshSoon();
+    lessons.refresh();
   });
   socket.on("disconnect", () => {
     online = false;
@@ -232,7 +237,7 @@ async function main() {
   socket.on("terminals", (items) => terminals.sync(items));
 
   window.glassbox = {
-    socket, terminals, timeline, containers, build, hostmap, lastSeq: () => lastSeq,
+    socket, terminals, timeline, containers, build, hostmap, lessons, lastSeq: () => lastSeq,
     // refresh(): asks the server again; signature(): of the tree drawn;
     // draw(answer): draws a `tree` answer and keeps it (live updates wait for
     // the next refresh()), resolving to the render's figures once painted —

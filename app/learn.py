@@ -1,0 +1,303 @@
+"""Lessons in the page: the step a student is on, and its checks run live.
+
+The page asks for the lessons, opens one, moves between its steps. Whenever the student's
+host emits events (a command ran), the checks of their current step run again against the
+host's real state — in a worker per host, one run at a time, the next one folded with any
+events that came meanwhile — and the result goes to the student's page. A step whose checks
+all hold is marked done in the database, and whoever watches (the classroom's dashboard)
+is told.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Callable
+
+from flask import current_app, request
+from sqlalchemy.orm import Session
+
+from . import CHECKOUT, lessons
+from .engine_client import EngineError
+from .hosts import Host, host_name, hosts, visitor_id
+from .live import answer_errors, current_host, fields, relays
+from .progress import Classroom, Learner, Progress, Store, now
+from .socketio import socketio
+
+log = logging.getLogger("glassbox.web")
+
+QUIET = {"cgroup.sampled"}   # samples come every second while a container runs: they change nothing checked
+
+
+class Library:
+    """The lessons, loaded once. A lesson that doesn't lint is left out (and logged): the
+    site stays up for the others; the test suite's linter keeps such a lesson from landing."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.lessons, problems = lessons.read_all(root)
+        for problem in problems:
+            log.error("lesson left out: %s", problem)
+        self.by_id = {lesson.id: lesson for lesson in self.lessons}
+
+    def get(self, lesson_id) -> lessons.Lesson:
+        lesson = self.by_id.get(lesson_id) if isinstance(lesson_id, str) else None
+        if lesson is None:
+            raise LessonRefused(f"no lesson {lesson_id!r}")
+        return lesson
+
+
+class LessonRefused(Exception):
+    """The page asked for something that isn't there or isn't allowed yet."""
+
+
+def library() -> Library:
+    return current_app.extensions["glassbox.lessons"]
+
+
+def store() -> Store:
+    return current_app.extensions["glassbox.store"]
+
+
+# Called with (app, visitor id) after a student's progress changed (the classroom listens).
+progress_listeners: list[Callable] = []
+
+
+def values_for(db: Session, learner: Learner, host: str) -> dict[str, str]:
+    """The placeholders of a lesson's texts and checks, for this student."""
+    classroom = db.get(Classroom, learner.classroom_id) if learner.classroom_id else None
+    registry = current_app.config.get("REGISTRY_ADDRESS") or "127.0.0.1:8000"
+    if classroom is not None and classroom.open and learner.registry_user:
+        return {"registry": registry, "ns": f"{classroom.id}/{learner.registry_user}", "class": classroom.id}
+    return {"registry": registry, "ns": f"play/{host}", "class": "play"}
+
+
+def step_payload(db: Session, learner: Learner, progress: Progress, host: str) -> dict:
+    lesson = library().get(progress.lesson)
+    step = lesson.steps[progress.step]
+    values = values_for(db, learner, host)
+    goals = [lessons.fill_conditions(c.spec, values) for c in step.checks if c.source == "tree"]
+    return {"lesson": lesson.summary_json(), "step": progress.step, "done": sorted(progress.done),
+            "texts": {lang: lessons.render(step.text[lang], values) for lang in lessons.LANGS},
+            "checks": [{"label": c.label} for c in step.checks], "goals": goals,
+            "hints_shown": progress.hints, "finished": progress.finished_at is not None}
+
+
+# ------------------------------------------------------------------ Socket.IO
+
+def visitor_and_host() -> tuple[str, Host]:
+    host = current_host()
+    return host.name[2:], host
+
+
+def lesson_errors(handler):
+    import functools
+
+    @functools.wraps(handler)
+    def wrapped(*args):
+        try:
+            return handler(*args)
+        except LessonRefused as e:
+            return {"error": str(e)}
+    return answer_errors(wrapped)
+
+
+@socketio.on("lessons")
+@lesson_errors
+def list_lessons(message=None):
+    visitor, _ = visitor_and_host()
+    with store().session() as db:
+        learner = db.get(Learner, visitor)
+        rows = {p.lesson: p for p in db.query(Progress).filter(Progress.visitor == visitor)}
+        listed = []
+        for lesson in library().lessons:
+            row = rows.get(lesson.id)
+            listed.append({**lesson.summary_json(),
+                           "done": len(row.done) if row else 0,
+                           "finished": bool(row and row.finished_at)})
+        return {"lessons": listed, "current": learner.lesson if learner else None}
+
+
+@socketio.on("lesson.open")
+@lesson_errors
+def open_lesson(message=None):
+    """Opens a lesson where the student left it (its first step the first time)."""
+    lesson = library().get(fields(message).get("id"))
+    visitor, host = visitor_and_host()
+    last_seq = relays.get(host).last_seq
+    with store().session() as db:
+        learner = store().learner(db, visitor)
+        learner.lesson = lesson.id
+        learner.seen_at = now()
+        progress = store().progress(db, visitor, lesson.id)
+        if progress is None:
+            progress = Progress(visitor=visitor, lesson=lesson.id, step=0, done=[],
+                                step_seq=last_seq, lesson_seq=last_seq, step_started_at=now())
+            db.add(progress)
+            db.flush()
+        payload = step_payload(db, learner, progress, host.name)
+    checkers().schedule(host.name)
+    changed(visitor)
+    return payload
+
+
+@socketio.on("lesson.goto")
+@lesson_errors
+def goto_step(message=None):
+    """To another step of the current lesson: any step done, or the one after them. The
+    step begins again (its checks count what happens from now on)."""
+    message = fields(message)
+    lesson = library().get(message.get("id"))
+    index = message.get("step")
+    visitor, host = visitor_and_host()
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(lesson.steps):
+        raise LessonRefused(f"{lesson.id} has steps 0 to {len(lesson.steps) - 1}")
+    last_seq = relays.get(host).last_seq
+    with store().session() as db:
+        learner = store().learner(db, visitor)
+        progress = store().progress(db, visitor, lesson.id)
+        if progress is None:
+            raise LessonRefused("open the lesson first")
+        reachable = max([-1, *progress.done]) + 1
+        if index > reachable:
+            raise LessonRefused(f"finish step {reachable + 1} first")
+        learner.lesson = lesson.id
+        progress.step = index
+        progress.step_seq = last_seq
+        progress.step_started_at = now()
+        progress.hints = 0
+        payload = step_payload(db, learner, progress, host.name)
+    checkers().schedule(host.name)
+    changed(visitor)
+    return payload
+
+
+@socketio.on("lesson.close")
+@lesson_errors
+def close_lesson(message=None):
+    """Free play: no lesson, no checks."""
+    visitor, _ = visitor_and_host()
+    with store().session() as db:
+        store().learner(db, visitor).lesson = None
+    changed(visitor)
+    return {"current": None}
+
+
+@socketio.on("lesson.hint")
+@lesson_errors
+def hint_shown(message=None):
+    """The student opened another hint (the dashboard shows who needed how many)."""
+    shown = fields(message).get("shown")
+    if not isinstance(shown, int) or isinstance(shown, bool) or not 0 < shown <= 10:
+        raise LessonRefused("shown must be the number of hints open")
+    visitor, _ = visitor_and_host()
+    with store().session() as db:
+        learner = db.get(Learner, visitor)
+        progress = store().progress(db, visitor, learner.lesson) if learner and learner.lesson else None
+        if progress is None:
+            raise LessonRefused("no lesson open")
+        progress.hints = max(progress.hints, shown)
+    changed(visitor)
+    return {"hints": shown}
+
+
+def changed(visitor: str) -> None:
+    app = current_app._get_current_object()
+    for listener in progress_listeners:
+        try:
+            listener(app, visitor)
+        except Exception:
+            log.exception("progress listener")
+
+
+# ------------------------------------------------------------------ the checks, live
+
+class Checkers:
+    """Runs the current step's checks of a host after its events, one run at a time per
+    host; events that arrive during a run ask for one more run after it."""
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.running: set[str] = set()
+        self.again: set[str] = set()
+
+    def on_events(self, host: Host, batch: list[dict]) -> None:
+        if any(e["kind"] not in QUIET for e in batch):
+            self.schedule(host.name)
+
+    def schedule(self, name: str) -> None:
+        with self.lock:
+            if name in self.running:
+                self.again.add(name)
+                return
+            self.running.add(name)
+        socketio.start_background_task(self._work, name)
+
+    def _work(self, name: str) -> None:
+        while True:
+            try:
+                with self.app.app_context():
+                    self.check(name)
+            except Exception:
+                log.exception("checks of %s", name)
+            with self.lock:
+                if name in self.again:
+                    self.again.discard(name)
+                    continue
+                self.running.discard(name)
+                return
+
+    def check(self, name: str) -> None:
+        """Runs the checks of the step that host's student is on and tells their page."""
+        visitor = name[2:] if name.startswith("v-") else None
+        if visitor is None or host_name(visitor) != name:
+            return
+        with store().session() as db:
+            learner = db.get(Learner, visitor)
+            if learner is None or learner.lesson is None:
+                return
+            progress = store().progress(db, visitor, learner.lesson)
+            lesson = library().by_id.get(learner.lesson)
+            if progress is None or lesson is None:
+                return
+            host = hosts().get(name, "-", create=False)
+            relay = relays.get(host)
+            with relay.lock:
+                events, last_seq = list(relay.recent), relay.last_seq
+            if progress.step_seq > last_seq:   # the host was made anew: its seqs start at 1
+                progress.step_seq = progress.lesson_seq = 0
+            step = lesson.steps[progress.step]
+            view = lessons.HostView(host.client().get_json, events,
+                                    {"step": progress.step_seq, "lesson": progress.lesson_seq})
+            try:
+                results = lessons.evaluate(step, view, values_for(db, learner, name))
+            except EngineError as e:
+                log.info("checks of %s: %s", name, e)
+                return
+            passed = all(r.ok for r in results)
+            newly = passed and progress.step not in progress.done
+            if newly:
+                progress.done = sorted({*progress.done, progress.step})
+                if len(progress.done) == len(lesson.steps):
+                    progress.finished_at = now()
+            message = {"lesson": lesson.id, "step": progress.step, "passed": passed,
+                       "done": sorted(progress.done), "finished": progress.finished_at is not None,
+                       "results": [{"ok": r.ok, "label": r.label, "goal": r.goal} for r in results]}
+        socketio.emit("lesson.checks", message, to=f"visitor:{name}")
+        if newly:
+            for listener in progress_listeners:
+                listener(self.app, visitor)
+
+
+def checkers() -> Checkers:
+    return current_app.extensions["glassbox.checkers"]
+
+
+def init_app(app) -> None:
+    root = Path(app.config.get("LESSONS_DIR") or CHECKOUT / "lessons")
+    app.extensions["glassbox.lessons"] = Library(root)
+    app.extensions["glassbox.store"] = Store(app.config["DATABASE_URL"])
+    app.extensions["glassbox.checkers"] = found = Checkers(app)
+    from . import live
+    live.event_listeners.append(found.on_events)

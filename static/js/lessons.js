@@ -1,0 +1,269 @@
+// The lesson panel: the list of lessons, then one step at a time — its text,
+// commands to send to the host terminal, what the checks look for (ticked live
+// as the server runs them against the host), the goal tree, hints.
+// Without a lesson open the page is free play: nothing is checked.
+import { lang, t } from "./i18n.js";
+
+const PALETTE = ["#2f7de1", "#d9822b", "#2e9e5b", "#b04ac8", "#c83a4a", "#178f9b", "#8a6d1f", "#5b5fc7"];
+const SVG = "http://www.w3.org/2000/svg";
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "text") node.textContent = value;
+    else if (key === "class") node.className = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function svg(tag, attrs = {}) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  return node;
+}
+
+export class Lessons {
+  constructor({panel, toggle, request, socket, terminals, onError}) {
+    this.panel = panel;
+    this.toggle = toggle;
+    this.request = request;
+    this.terminals = terminals;
+    this.onError = onError;
+    this.list = panel.querySelector("#lesson-list");
+    this.stepView = panel.querySelector("#lesson-step");
+    this.lessons = [];
+    this.current = null;   // the step payload shown
+    this.results = null;   // the last checks of that step
+    this.hintsOpen = 0;
+    toggle.addEventListener("click", () => this.setOpen(this.panel.hidden));
+    panel.querySelector("#lesson-hide").addEventListener("click", () => this.setOpen(false));
+    socket.on("lesson.checks", (message) => this.onChecks(message || {}));
+    this.setOpen(localStorage.getItem("glassbox.lessons") !== "closed");
+  }
+
+  setOpen(open) {
+    this.panel.hidden = !open;
+    this.toggle.setAttribute("aria-expanded", String(open));
+    document.querySelector(".workspace").classList.toggle("with-lesson", open);
+    try { localStorage.setItem("glassbox.lessons", open ? "open" : "closed"); } catch (_) { /* off */ }
+    window.dispatchEvent(new Event("resize"));  // the terminals refit
+  }
+
+  // The socket (re)connected: the list, and the lesson the student was in.
+  async refresh() {
+    const answer = await this.request("lessons");
+    if (answer.error) return this.onError("lessons", answer.error);
+    this.lessons = answer.lessons;
+    if (answer.current) await this.open(answer.current);
+    else this.showList();
+  }
+
+  async open(id) {
+    this.show(await this.request("lesson.open", {id}));
+  }
+
+  async goto(step) {
+    this.show(await this.request("lesson.goto", {id: this.current.lesson.id, step}));
+  }
+
+  async freePlay() {
+    const answer = await this.request("lesson.close");
+    if (answer.error) return this.onError("lessons", answer.error);
+    this.current = null;
+    const again = await this.request("lessons");
+    if (!again.error) this.lessons = again.lessons;
+    this.showList();
+  }
+
+  show(answer) {
+    if (answer.error) return this.onError("lessons", answer.error);
+    const sameStep = this.current && this.current.lesson.id === answer.lesson.id && this.current.step === answer.step;
+    this.current = answer;
+    if (!sameStep) {
+      this.results = null;
+      this.hintsOpen = answer.hints_shown || 0;
+    }
+    this.renderStep();
+  }
+
+  relabel() {
+    if (this.current) this.renderStep();
+    else this.showList();
+  }
+
+  // ------------------------------------------------------------ the list
+
+  showList() {
+    this.stepView.hidden = true;
+    this.list.hidden = false;
+    const items = this.lessons.map((lesson) => {
+      const button = el("button", {type: "button", class: "lesson-item", "data-lesson": lesson.id},
+        el("span", {class: "lesson-chapter", text: String(lesson.chapter)}),
+        el("span", {class: "lesson-name"},
+          el("strong", {text: lesson.title[lang()] || lesson.title.en}),
+          el("small", {text: lesson.summary[lang()] || lesson.summary.en})),
+        el("span", {class: "lesson-progress", text: lesson.finished ? "✓" : `${lesson.done}/${lesson.steps}`}));
+      if (lesson.finished) button.classList.add("finished");
+      button.addEventListener("click", () => this.open(lesson.id));
+      return el("li", {}, button);
+    });
+    this.list.replaceChildren(
+      el("p", {class: "lesson-intro", text: t("lessons.intro")}),
+      el("ol", {class: "lesson-items"}, ...items),
+      el("p", {class: "muted", text: t("lessons.free_play")}));
+  }
+
+  // ------------------------------------------------------------ a step
+
+  renderStep() {
+    const step = this.current;
+    const text = step.texts[lang()] || step.texts.en;
+    const total = step.lesson.steps;
+    const done = new Set(step.done);
+    this.list.hidden = true;
+    this.stepView.hidden = false;
+
+    const back = el("button", {type: "button", class: "link", text: t("lessons.back")});
+    back.addEventListener("click", () => this.freePlay());
+    const dots = el("ol", {class: "step-dots", "aria-label": t("lessons.steps")});
+    for (let i = 0; i < total; i++) {
+      const reachable = i <= Math.max(-1, ...step.done) + 1;
+      const dot = el("button", {type: "button", text: String(i + 1),
+                                "aria-label": t("lessons.step_n", {n: i + 1, total})});
+      if (i === step.step) dot.setAttribute("aria-current", "step");
+      if (done.has(i)) dot.classList.add("done");
+      dot.disabled = !reachable;
+      dot.addEventListener("click", () => this.goto(i));
+      dots.append(el("li", {}, dot));
+    }
+
+    const body = el("div", {class: "step-body"});
+    body.innerHTML = text.html;  // rendered on the server from the lesson's Markdown (raw HTML off)
+    for (const pre of body.querySelectorAll("pre.run")) {
+      const command = text.commands[Number(pre.dataset.run)];
+      const run = el("button", {type: "button", class: "run-button", text: t("lessons.run"),
+                                title: t("lessons.run_title")});
+      run.addEventListener("click", () => this.sendToTerminal(command));
+      const block = el("div", {class: "run-block"});
+      pre.replaceWith(block);
+      block.append(pre, run);
+    }
+
+    const checks = el("ul", {class: "checks", "aria-live": "polite"});
+    step.checks.forEach((check, i) => {
+      const result = this.results && this.results[i];
+      const state = result ? (result.ok ? "ok" : "waiting") : "unknown";
+      checks.append(el("li", {class: `check check-${state}`},
+        el("span", {class: "check-mark", "aria-hidden": "true", text: state === "ok" ? "✓" : "○"}),
+        el("span", {text: check.label[lang()] || check.label.en}),
+        el("span", {class: "visually-hidden", text: state === "ok" ? t("lessons.check_ok") : t("lessons.check_waiting")})));
+    });
+
+    const passed = done.has(step.step);
+    const status = el("p", {class: `step-status ${passed ? "passed" : ""}`, role: "status",
+                            text: passed ? (step.step + 1 === total ? t("lessons.finished") : t("lessons.passed"))
+                                         : t("lessons.waiting")});
+
+    const hints = el("div", {class: "hints"});
+    const shown = text.hints.slice(0, this.hintsOpen);
+    const hintList = el("ol", {class: "hint-list"});
+    for (const hint of shown) {
+      const item = el("li");
+      item.innerHTML = hint;
+      hintList.append(item);
+    }
+    if (this.hintsOpen < text.hints.length) {
+      const more = el("button", {type: "button", class: "hint-button",
+                                 text: this.hintsOpen ? t("lessons.another_hint") : t("lessons.hint")});
+      more.addEventListener("click", () => {
+        this.hintsOpen += 1;
+        this.request("lesson.hint", {shown: this.hintsOpen});
+        this.renderStep();
+      });
+      hints.append(hintList, more);
+    } else {
+      hints.append(hintList);
+    }
+
+    const prev = el("button", {type: "button", text: t("lessons.prev")});
+    prev.disabled = step.step === 0;
+    prev.addEventListener("click", () => this.goto(step.step - 1));
+    const next = el("button", {type: "button", class: "primary", id: "lesson-next",
+                               text: step.step + 1 === total ? t("lessons.all") : t("lessons.next")});
+    next.disabled = !passed;
+    next.addEventListener("click", () => (step.step + 1 === total ? this.freePlay() : this.goto(step.step + 1)));
+
+    const parts = [
+      el("nav", {class: "step-nav"}, back, dots),
+      el("p", {class: "lesson-title", text: `${step.lesson.chapter}. ${step.lesson.title[lang()] || step.lesson.title.en}`}),
+      el("h3", {class: "step-title", text: text.title}),
+      body,
+      el("section", {class: "step-checks", "aria-label": t("lessons.goal")},
+        el("h4", {text: t("lessons.goal")}), checks, status),
+    ];
+    step.goals.forEach((goal, i) => parts.push(this.goalGraph(goal, this.goalResult(i))));
+    parts.push(hints, el("footer", {class: "step-footer"}, prev, next));
+    this.stepView.replaceChildren(...parts);
+  }
+
+  goalResult(index) {
+    if (!this.results) return null;
+    const trees = this.results.filter((r) => r.goal);
+    return trees[index] ? trees[index].goal : null;
+  }
+
+  // The goal tree as rows of layer boxes, bottom layer first: the same letter
+  // (and colour) in two rows is one shared layer.
+  goalGraph(goal, matched) {
+    const rows = Object.entries(goal.images || {});
+    const box = 46, gap = 6, labelWidth = 120, rowHeight = 34;
+    const width = labelWidth + 8 * (box + gap) + 30;
+    const drawing = svg("svg", {class: "goal-graph", viewBox: `0 0 ${width} ${rows.length * rowHeight + 6}`,
+                                role: "img", "aria-label": t("lessons.goal_tree")});
+    const letters = [...new Set(rows.flatMap(([, chain]) => chain.filter((x) => !x.startsWith("@"))))];
+    rows.forEach(([tag, chain], r) => {
+      const y = r * rowHeight + 4;
+      const label = svg("text", {x: 0, y: y + 19, class: "goal-tag"});
+      label.textContent = tag;
+      drawing.append(label);
+      chain.forEach((item, i) => {
+        const x = labelWidth + i * (box + gap);
+        const base = item.startsWith("@");
+        const fill = base ? "#9aa3b2" : PALETTE[letters.indexOf(item) % PALETTE.length];
+        drawing.append(svg("rect", {x, y, width: box, height: 26, rx: 5, fill, class: "goal-layer"}));
+        const name = svg("text", {x: x + box / 2, y: y + 17, "text-anchor": "middle", class: "goal-letter"});
+        name.textContent = base ? item.slice(1) : item;
+        drawing.append(name);
+      });
+      if (matched && tag in matched) {
+        const mark = svg("text", {x: labelWidth + chain.length * (box + gap) + 4, y: y + 19,
+                                  class: matched[tag] ? "goal-ok" : "goal-no"});
+        mark.textContent = matched[tag] ? "✓" : "…";
+        drawing.append(mark);
+      }
+    });
+    return el("figure", {class: "goal"}, el("figcaption", {text: t("lessons.goal_tree")}), drawing);
+  }
+
+  onChecks(message) {
+    const step = this.current;
+    if (!step || message.lesson !== step.lesson.id || message.step !== step.step) return;
+    this.results = message.results;
+    step.done = message.done;
+    const lesson = this.lessons.find((l) => l.id === step.lesson.id);
+    if (lesson) {
+      lesson.done = message.done.length;
+      lesson.finished = message.finished;
+    }
+    this.renderStep();
+  }
+
+  sendToTerminal(command) {
+    const tab = this.terminals.hostTab();
+    if (!tab) return;
+    this.terminals.activate(tab);
+    this.terminals.input(tab, command.split("\n").join("\r") + "\r");
+  }
+}

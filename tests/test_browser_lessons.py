@@ -1,0 +1,45 @@
+"""The lesson panel in a real browser: a student opens a lesson, sends a step's command to
+the host terminal with its button, and sees the step's checks pass live; the panel in Korean."""
+from __future__ import annotations
+
+import re
+
+from tests.test_browser import ARTIFACTS, browser, student, web  # noqa: F401 (fixtures)
+
+
+def test_a_student_completes_a_step_by_clicking_its_command(student):
+    page = student()
+    page.click(".lesson-item[data-lesson='lifecycle']")
+    page.wait_for_selector(".step-title")
+    assert page.inner_text(".step-title") == "A container that ends at once"
+    assert page.locator("#lesson-next").is_disabled()
+    page.click(".run-block .run-button")
+    # The command went to the host terminal, ran for real, and the checks ticked.
+    page.wait_for_selector(".step-status.passed", timeout=30_000)
+    assert page.locator(".check-ok").count() == 2
+    assert "hello" in page.inner_text(".term-panes")
+    page.click("#lesson-next")
+    page.wait_for_function("document.querySelector('.step-title').textContent.includes('keeps running')")
+    assert page.locator(".step-dots button.done").count() == 1
+    # A reload comes back to the same step, where it was left.
+    page.reload()
+    page.wait_for_selector(".step-title", timeout=30_000)
+    assert "keeps running" in page.inner_text(".step-title")
+    assert page.errors == []
+
+
+def test_the_lessons_read_in_korean_and_the_switch_changes_them(student):
+    page = student(locale="ko-KR")
+    page.wait_for_selector(".lesson-item")
+    assert "컨테이너는" in page.inner_text("#lesson-list")
+    assert page.inner_text("#lessons-toggle") == "레슨"
+    page.click(".lesson-item[data-lesson='lifecycle']")
+    page.wait_for_selector(".step-title")
+    assert page.inner_text(".step-title") == "바로 끝나는 컨테이너"
+    assert page.inner_text(".run-button") == "실행 ▸"
+    page.select_option("#lang-switch", "en")
+    page.wait_for_function("document.querySelector('.step-title').textContent === 'A container that ends at once'")
+    assert page.inner_text("#lessons-toggle") == "Lessons"
+    page.click(".hint-button")
+    assert re.search(r"Click the command", page.inner_text(".hint-list"))
+    assert page.errors == []
