@@ -51,7 +51,7 @@ def create_app(config: dict | None = None) -> Flask:
         app.logger.warning("no SECRET_KEY: visitors' cookies last until this process ends")
         app.config["SECRET_KEY"] = secrets.token_hex(32)
 
-    from . import csrf, graphs, hosts, learn, live, registry, socketio, status, terminals, web  # noqa: F401 (handlers)
+    from . import classroom, csrf, graphs, hosts, learn, live, registry, socketio, status, terminals, web  # noqa: F401 (handlers)
     app.register_blueprint(status.bp)
     app.register_blueprint(web.bp)
     csrf.init_app(app)
@@ -60,4 +60,5 @@ def create_app(config: dict | None = None) -> Flask:
     socketio.init_app(app)
     live.init_app(app)
     learn.init_app(app)
+    classroom.init_app(app)
     return app

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from .live import answer_errors, current_host
+from .live import answer_errors, current_host, read_only
 from .socketio import socketio
 
 # Seconds for one answer: a cold tree of a thousand images takes the daemon about one.
@@ -50,5 +50,7 @@ def tree_node(message=None):
 def tree_weak(message=None):
     if not isinstance(message, dict):
         return {"error": "tree.weak needs {layers: [layer ids]} or {path: '/bin/busybox'}"}
+    if read_only():
+        return {"error": "this is the instructor's host: you can look, not analyse it"}
     body = {k: message[k] for k in ("layers", "path", "digest") if k in message}
     return current_host().client(timeout=TREE_TIMEOUT).call("POST", "/glassbox/tree/weak", body)

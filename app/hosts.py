@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from flask import current_app, session
 
@@ -65,6 +66,10 @@ class Hosts:
         self.lock = threading.Lock()
         self.created_by: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self.touched: dict[str, float] = {}
+        # name -> {"Quota": …, "RegistryAuth": …} for a host about to be made, or None for
+        # the defaults: set by classroom.py, so a classroom student's host (made anew after
+        # a reset or an idle timeout too) has the classroom's quotas and registry login.
+        self.settings: Callable[[str], dict | None] | None = None
 
     def get(self, name: str, address: str, create: bool = True) -> Host:
         """The host called ``name``, created if the daemon has none by that name (a first
@@ -81,11 +86,12 @@ class Hosts:
         if existing is None:
             if not create:
                 raise HostUnavailable("your Docker host is gone; reload the page for a new one")
-            self._count_creation(address)
+            settings = (self.settings(name) if self.settings else None) or {}
+            if not settings:   # a classroom's students are let in by its code, not counted
+                self._count_creation(address)
             try:
-                answer = self.control.call("POST", "/glassbox/hosts",
-                                           {"Name": name, "IdleTimeout": self.idle_timeout,
-                                            "Quota": self.quota})
+                body = {"Name": name, "IdleTimeout": self.idle_timeout, "Quota": self.quota, **settings}
+                answer = self.control.call("POST", "/glassbox/hosts", body)
                 existing = answer["Socket"]
             except EngineRefused as e:
                 if e.status != 409:  # 409: another request made it just now

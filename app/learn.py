@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from . import CHECKOUT, lessons
 from .engine_client import EngineError
 from .hosts import Host, host_name, hosts, visitor_id
-from .live import answer_errors, current_host, fields, relays
+from .live import answer_errors, fields, own_host, read_only, relays
 from .progress import Classroom, Learner, Progress, Store, now
 from .socketio import socketio
 
@@ -86,7 +86,9 @@ def step_payload(db: Session, learner: Learner, progress: Progress, host: str) -
 # ------------------------------------------------------------------ Socket.IO
 
 def visitor_and_host() -> tuple[str, Host]:
-    host = current_host()
+    if read_only():
+        raise LessonRefused("this window watches the instructor; lessons are in your own")
+    host = own_host()
     return host.name[2:], host
 
 

@@ -169,15 +169,34 @@ class Relays:
 relays = Relays()
 # sid -> host name, for this process's connected browsers (rebuilt as they reconnect)
 connected: dict[str, str] = {}
+# sid -> the host it watches read-only: a student's window on the instructor's host
+# while the instructor presents (see classroom.py). Its handlers see that host instead.
+viewers: dict[str, str] = {}
+# Called with the visitor's host name when a connection ends (the dashboard's "online").
+disconnect_listeners: list = []
 
 
-def current_host(create: bool = False) -> Host:
-    """The host of the browser behind this Socket.IO event: always the visitor's own,
-    from the signed cookie; nothing the browser sends can name another."""
+def own_host(create: bool = False) -> Host:
+    """The visitor's own host, from the signed cookie; nothing the browser sends can
+    name another."""
     visitor = visitor_id(create=False)
     if visitor is None:
         raise HostUnavailable("no visitor cookie: reload the page")
     return hosts().get(host_name(visitor), request.remote_addr or "?", create=create)
+
+
+def current_host(create: bool = False) -> Host:
+    """The host of the browser behind this Socket.IO event: the visitor's own, or the
+    one the classroom let it watch (read-only)."""
+    watched = viewers.get(request.sid)
+    if watched is not None:
+        return hosts().get(watched, request.remote_addr or "?", create=False)
+    return own_host(create)
+
+
+def read_only() -> bool:
+    """This connection only watches another's host: it may look, not act."""
+    return request.sid in viewers
 
 
 def fields(message) -> dict:
@@ -210,12 +229,24 @@ def answer_errors(handler):
     return wrapped
 
 
+# Decides whether a connection that asks to watch (auth {"watch": true}) may, and
+# which host it then watches: set by classroom.py; None refuses.
+watch_policy = None
+
+
 @socketio.on("connect")
 def on_connect(auth=None):
     if visitor_id(create=False) is None:
         return False  # no cookie, no host: the page sets the cookie first
+    if isinstance(auth, dict) and auth.get("watch"):
+        watched = watch_policy() if watch_policy else None
+        if watched is None:
+            return False
+        viewers[request.sid] = watched
+        connected[request.sid] = watched
+        return True
     try:
-        host = current_host(create=True)
+        host = own_host(create=True)
     except (HostUnavailable, EngineError) as e:
         log.info("connect refused: %s", e)
         return False
@@ -227,8 +258,12 @@ def on_connect(auth=None):
 @socketio.on("disconnect")
 def on_disconnect(*_):
     name = connected.pop(request.sid, None)
+    watching = viewers.pop(request.sid, None)
     if name and name in relays.by_host:
         relays.by_host[name].leave(request.sid)
+    if name and not watching:
+        for listener in disconnect_listeners:
+            listener(name)
 
 
 @socketio.on("subscribe")

@@ -17,12 +17,14 @@ import datetime
 import hashlib
 import hmac
 import secrets
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 from sqlalchemy import (JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, create_engine,
                         event, select)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 
 def now() -> datetime.datetime:
@@ -86,10 +88,16 @@ class Store:
     """The database behind one web app: ``with store.session() as db: …`` commits at the end."""
 
     def __init__(self, url: str):
-        options = {}
+        self.one_at_a_time: threading.Lock | None = None
+        options: dict = {}
         if url.startswith("sqlite"):
             # Threads of one process share the file; SQLite serialises the writes.
             options = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+            if url in ("sqlite://", "sqlite:///:memory:"):
+                # In memory, each connection would be a database of its own: one for all,
+                # used by one session at a time.
+                options["poolclass"] = StaticPool
+                self.one_at_a_time = threading.Lock()
         self.engine = create_engine(url, **options)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -98,7 +106,11 @@ class Store:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with self.factory() as db, db.begin():
+        if self.one_at_a_time is None:
+            with self.factory() as db, db.begin():
+                yield db
+            return
+        with self.one_at_a_time, self.factory() as db, db.begin():
             yield db
 
     def learner(self, db: Session, visitor: str) -> Learner:

@@ -77,8 +77,11 @@ def load_users(users: dict | None, users_file: str | None = None) -> dict[str, U
 
 
 def allowed(user: User | None, action: str, repository: str) -> bool:
-    if user is None:            # no classroom: the loopback check already happened
-        return True
+    if user is None:
+        # No login, from this machine (checked already): anything but a classroom's
+        # namespace, which only its members reach.
+        namespace = current_app.extensions["registry"].classroom_namespace
+        return namespace is None or not namespace(repository.split("/")[0])
     parts = repository.split("/")
     if len(parts) < 2 or parts[0] != user.classroom:
         return False
@@ -89,6 +92,9 @@ def require(action: str, repository: str) -> None:
     user = g.registry_user
     if allowed(user, action, repository):
         return
+    if user is None:
+        raise RegistryError("DENIED", f"{repository} belongs to a classroom: only its members "
+                            "(logged in) may use it", {"repository": repository, "action": action})
     if repository.split("/")[0] != user.classroom:
         message = f"{repository} is outside your classroom {user.classroom}"
     else:
@@ -97,7 +103,10 @@ def require(action: str, repository: str) -> None:
     raise RegistryError("DENIED", message, {"repository": repository, "action": action})
 
 
-def authenticated_user(users: dict[str, User]) -> User | None:
+def authenticated_user(state: "RegistryState") -> User | None:
+    """The user the request's credentials name: one of ``REGISTRY_USERS``, else a member
+    of a classroom made in the app (``CLASS/NAME``, see classroom.py)."""
+    users = state.users or {}
     header = request.headers.get("Authorization", "")
     scheme, _, credentials = header.partition(" ")
     if scheme.lower() not in ("basic", "bearer"):
@@ -110,7 +119,11 @@ def authenticated_user(users: dict[str, User]) -> User | None:
     given = hashlib.sha256(password.encode()).hexdigest()
     # Compared even for an unknown user, so the answer's timing doesn't tell names apart.
     expected = user.password_sha256 if user else "0" * 64
-    return user if hmac.compare_digest(given, expected) and user else None
+    if hmac.compare_digest(given, expected) and user:
+        return user
+    if user is None and "/" in name and state.classroom_user is not None:
+        return state.classroom_user(name, password)
+    return None
 
 
 def is_loopback(address: str | None) -> bool:
@@ -125,20 +138,24 @@ def is_loopback(address: str | None) -> bool:
 
 @bp.before_request
 def authenticate():
-    users = current_app.extensions["registry"].users
-    if users is None:
+    state = current_app.extensions["registry"]
+    header = request.headers.get("Authorization")
+    if header:
+        g.registry_user = authenticated_user(state)
+        if g.registry_user is None:
+            current_app.logger.info("registry: no valid credentials from %s", request.remote_addr)
+            raise RegistryError("UNAUTHORIZED", "authentication required: log in with your "
+                                "classroom user name and password")
+        return None
+    if state.users is None:
         if not is_loopback(request.remote_addr):
             raise RegistryError(
                 "DENIED", "this registry has no classroom configured, so it answers only this "
                 "machine (loopback); configure REGISTRY_USERS to open it to a classroom")
         g.registry_user = None
         return None
-    g.registry_user = authenticated_user(users)
-    if g.registry_user is None:
-        current_app.logger.info("registry: no valid credentials from %s", request.remote_addr)
-        raise RegistryError("UNAUTHORIZED", "authentication required: log in with your "
-                            "classroom user name and password")
-    return None
+    raise RegistryError("UNAUTHORIZED", "authentication required: log in with your "
+                        "classroom user name and password")
 
 
 # --- the app's side -------------------------------------------------------------------------
@@ -147,6 +164,10 @@ def authenticate():
 class RegistryState:
     store: RegistryStore
     users: dict[str, User] | None
+    # Set by classroom.py: (user, password) -> User of a classroom made in the app, and
+    # whether a first path component is a classroom's namespace.
+    classroom_user: object = None
+    classroom_namespace: object = None
 
 
 def init_app(app: Flask) -> None:

@@ -721,6 +721,16 @@ class RegistryStore:
             self._last_cleanup = now
         self.cleanup()
 
+    def remove_namespace(self, namespace: str) -> int:
+        """Deletes every repository under ``namespace/`` (a classroom that ended), then
+        the blobs nothing else links; returns how many repositories went."""
+        check_name(namespace)
+        names = self.repositories(namespace)
+        with self._gc_lock(exclusive=True):
+            shutil.rmtree(self.repositories_dir / namespace, ignore_errors=True)
+        self.garbage_collect()
+        return len(names)
+
     def garbage_collect(self) -> list[str]:
         """Deletes blobs no repository links (after blob and manifest deletes); returns
         their digests. Commits wait meanwhile."""

@@ -23,7 +23,7 @@ from flask_socketio import join_room, leave_room
 
 from .engine_client import EngineError, EngineRefused
 from .hosts import Host
-from .live import CONTAINER, answer_errors, current_host, fields
+from .live import CONTAINER, answer_errors, current_host, fields, read_only
 from .socketio import queued, socketio
 
 log = logging.getLogger("glassbox.web")
@@ -317,6 +317,13 @@ def terminal_open(message=None):
                          "('attach' or 'exec')"}
     cols, rows = size(message)
     host = current_host()
+    if read_only():
+        # Watching the instructor: their host terminal as it is, if it is open.
+        terminal = terminals.find(host.name, "host")
+        if terminal is None:
+            return {"error": "the instructor's terminal is not open"}
+        terminal.join(request.sid)
+        return terminal.describe()
     rejoin = message.get("id")
     if rejoin is not None and rejoin != "host":
         # A tab coming back (a reload, a second tab): the same terminal, replayed.
@@ -346,6 +353,8 @@ def mine(message) -> Terminal | None:
 @socketio.on("terminal.input")
 @answer_errors
 def terminal_input(message=None):
+    if read_only():
+        return {"error": "this terminal is the instructor's: you can watch, not type"}
     terminal = mine(message)
     data = fields(message).get("data")
     if terminal is None or not isinstance(data, str):
@@ -359,6 +368,8 @@ def terminal_input(message=None):
 @socketio.on("terminal.resize")
 @answer_errors
 def terminal_resize(message=None):
+    if read_only():
+        return None  # a watcher's window must not resize the instructor's terminal
     terminal = mine(message)
     if terminal is None:
         return {"error": "no such terminal"}

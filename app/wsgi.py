@@ -33,6 +33,8 @@ def config_from_environment() -> dict:
         config["HOST_QUOTA"] = json.loads(os.environ["GLASSBOX_HOST_QUOTA"])
     if os.environ.get("GLASSBOX_ALLOWED_ORIGINS"):
         config["ALLOWED_ORIGINS"] = os.environ["GLASSBOX_ALLOWED_ORIGINS"].split(",")
+    if os.environ.get("GLASSBOX_HOSTS_PER_ADDRESS"):
+        config["HOSTS_PER_ADDRESS_PER_HOUR"] = int(os.environ["GLASSBOX_HOSTS_PER_ADDRESS"])
     if os.environ.get("GLASSBOX_DATABASE_URL"):
         config["DATABASE_URL"] = os.environ["GLASSBOX_DATABASE_URL"]
     if os.environ.get("GLASSBOX_REGISTRY_ADDRESS"):

@@ -8,6 +8,7 @@ reaches another host.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from sandbox.api_base import API_VERSION, VERSION, ApiError, BaseHandler, UnixHT
 from sandbox import inside
 from sandbox.api_images import ImageRoutes
 from sandbox.engine import NotFound
+from sandbox.quota import Quota
 from sandbox.runtime import ContainerConfig, Mount
 
 log = logging.getLogger(__name__)
@@ -98,8 +100,29 @@ class HostRoutes:
         idle = body.get("IdleTimeout")
         if idle is not None and (not isinstance(idle, (int, float)) or isinstance(idle, bool) or idle <= 0):
             raise ApiError(400, "IdleTimeout must be a positive number of seconds")
-        daemon.create_host(name, idle_timeout=idle, quota=quota_from(body.get("Quota")))
+        daemon.create_host(name, idle_timeout=idle, quota=quota_from(body.get("Quota")),
+                           registry_credentials=registry_credentials_from(body.get("RegistryAuth", {})))
         self.send_json(201, next(h for h in daemon.describe() if h["Name"] == name))
+
+    @route("PUT", r"/glassbox/hosts/([^/]+)/quota")
+    def hosts_quota(self, name):
+        """The host's quota from now on: the fields given replace Quota()'s defaults,
+        null lifts a limit. Nothing running is stopped."""
+        daemon = self.control_daemon()
+        if name not in daemon.hosts:
+            raise ApiError(404, f"no such host: {name}")
+        daemon.set_quota(name, quota_from(self.read_json(required=True)))
+        self.send_json(200, next(h for h in daemon.describe() if h["Name"] == name))
+
+    @route("PUT", r"/glassbox/hosts/([^/]+)/registry-auth")
+    def hosts_registry_auth(self, name):
+        """The host's registry logins from now on (``{}`` forgets them); the answer
+        names the registries, never the credentials."""
+        daemon = self.control_daemon()
+        if name not in daemon.hosts:
+            raise ApiError(404, f"no such host: {name}")
+        daemon.set_registry_credentials(name, registry_credentials_from(self.read_json(required=True)))
+        self.send_json(200, next(h for h in daemon.describe() if h["Name"] == name))
 
     @route("POST", r"/glassbox/hosts/([^/]+)/touch")
     def hosts_touch(self, name):
@@ -134,8 +157,6 @@ class HostRoutes:
 def quota_from(value) -> "Quota | None":
     """``{"starts_per_minute": 100, "running_memory": null, …}``: the fields given replace
     the defaults (null lifts that limit); None: the defaults."""
-    import dataclasses
-    from sandbox.quota import Quota
     if value is None:
         return None
     fields = {f.name for f in dataclasses.fields(Quota)}
@@ -144,7 +165,39 @@ def quota_from(value) -> "Quota | None":
     for key, limit in value.items():
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
             raise ApiError(400, f"Quota.{key} must be a whole number ≥ 0, or null for no limit")
+        if key.endswith("_per_minute") and limit == 0:
+            raise ApiError(400, f"Quota.{key} must allow at least 1 per minute (null lifts the limit)")
     return Quota(**value)
+
+
+MAX_REGISTRY_LOGINS = 8
+REGISTRY_NAME = re.compile(r"[a-zA-Z0-9.-]+(:[0-9]{1,5})?|\[[0-9a-fA-F:.]+\](:[0-9]{1,5})?")
+
+
+def registry_credentials_from(value) -> dict[str, tuple[str, str]]:
+    """``{"127.0.0.1:8000": {"username": "alice", "password": "…"}}`` (the registry as image
+    references name it) -> ``{"127.0.0.1:8000": ("alice", "…")}``."""
+    if not isinstance(value, dict):
+        raise ApiError(400, 'RegistryAuth must be an object: {"HOST:PORT": {"username": …, "password": …}}')
+    if len(value) > MAX_REGISTRY_LOGINS:
+        raise ApiError(400, f"RegistryAuth names {len(value)} registries; at most {MAX_REGISTRY_LOGINS}")
+    credentials = {}
+    for registry, login in value.items():
+        if not REGISTRY_NAME.fullmatch(registry) or len(registry) > 255:
+            raise ApiError(400, f"RegistryAuth: {registry[:80]!r} is not a registry address "
+                                "(HOST:PORT, as in 127.0.0.1:8000/NAME:TAG)")
+        if not isinstance(login, dict) or set(login) != {"username", "password"}:
+            raise ApiError(400, f"RegistryAuth[{registry!r}] must be an object with exactly "
+                                "username and password")
+        username, password = login["username"], login["password"]
+        if not (isinstance(username, str) and username and isinstance(password, str) and password):
+            raise ApiError(400, f"RegistryAuth[{registry!r}]: username and password must be "
+                                "non-empty strings")
+        if len(username) > 255 or len(password) > 1024 or ":" in username:
+            raise ApiError(400, f"RegistryAuth[{registry!r}]: a username has no ':' and at most 255 "
+                                "characters, a password at most 1024")
+        credentials[registry] = (username, password)
+    return credentials
 
 
 class ContainerRoutes:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import threading
 import time
 from urllib.parse import unquote
@@ -413,6 +414,13 @@ class ImageRoutes:
     def volumes_inspect(self, name):
         self.send_json(200, self.engine.volumes.get(unquote(name)).to_docker())
 
+    @route("GET", r"/glassbox/volumes/([^/]+)/files")
+    def volumes_files(self, name):
+        """What this host's volume holds now, whether or not a container uses it."""
+        volume = self.engine.volumes.get(unquote(name))
+        files, truncated = volume_files(volume.mountpoint)
+        self.send_json(200, {"Volume": volume.name, "Files": files, "Truncated": truncated})
+
     @route("DELETE", r"/volumes/([^/]+)")
     def volumes_delete(self, name):
         try:
@@ -800,6 +808,59 @@ def parse_time(text: str) -> int:
         return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
     except ValueError:
         return 0
+
+
+MAX_VOLUME_FILES = 1000
+
+
+def volume_files(root, limit: int = MAX_VOLUME_FILES) -> tuple[list[dict], bool]:
+    """The entries under a volume's directory, sorted by path, and whether there were
+    more than ``limit``. The daemon is root and a container's root wrote these files,
+    so every directory is opened with O_NOFOLLOW relative to its parent: a symlink is
+    listed, never followed, not even one swapped in for a directory during the walk."""
+    found: list[dict] = []
+    pending = [""]          # directories still to read, relative to root
+    while pending:
+        relative = pending.pop()
+        try:
+            fd = open_below(root, relative)
+        except OSError:
+            continue        # removed, or no longer a directory, while we looked
+        try:
+            with os.scandir(fd) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+            for entry in entries:
+                if len(found) == limit:
+                    return sorted(found, key=lambda f: f["Path"]), True
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                kind = ("dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode)
+                        else "symlink" if stat.S_ISLNK(st.st_mode) else "other")
+                path = f"{relative}/{entry.name}" if relative else entry.name
+                # A name need not be UTF-8; JSON needs it to be.
+                shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                found.append({"Path": shown, "Type": kind,
+                              "Size": st.st_size if kind in ("file", "symlink") else 0})
+                if kind == "dir":
+                    pending.append(path)
+        finally:
+            os.close(fd)
+    return sorted(found, key=lambda f: f["Path"]), False
+
+
+def open_below(root, relative: str) -> int:
+    """A directory fd for ``root/relative``, each step opened without following a symlink."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, flags)
+    for part in relative.split("/") if relative else []:
+        try:
+            child = os.open(part, flags, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
 
 
 def dir_size(path) -> int:

@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a visitor host's limit: starts_per_minute, execs_per_minute, "
                          "builds_per_minute, running_containers, running_memory (bytes, or 512m); "
                          "N=none lifts it; repeatable")
+    up.add_argument("--hosts-per-address", type=int, default=None, metavar="N",
+                    help="new Docker hosts one client address may be given per hour (default 20); "
+                         "classroom members don't count: a class behind one NAT address joins by code")
+    up.add_argument("--database-url", default=None,
+                    help="SQLAlchemy URL of the progress and classroom database (default: SQLite "
+                         "in the state dir; e.g. postgresql://user:pw@db/glassbox)")
     up.add_argument("--allowed-origin", action="append", default=[],
                     help="an origin (https://name:port) whose pages may open Socket.IO connections, "
                          "when the site is reached through another name (a proxy); repeatable")
@@ -153,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["GLASSBOX_HOST_QUOTA"] = json.dumps(parse_quotas(args.quota))
         if args.allowed_origin:
             os.environ["GLASSBOX_ALLOWED_ORIGINS"] = ",".join(args.allowed_origin)
+        if args.hosts_per_address is not None:
+            os.environ["GLASSBOX_HOSTS_PER_ADDRESS"] = str(args.hosts_per_address)
+        if args.database_url:
+            os.environ["GLASSBOX_DATABASE_URL"] = args.database_url
         return serve(args.state_dir, web=(args.host, args.port))
     if args.command == "bench":
         from sandbox import bench

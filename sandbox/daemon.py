@@ -5,6 +5,7 @@ user when it exists), which reaches the engine only through the socket.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -105,12 +106,15 @@ class Daemon:
                     log.exception("freeing idle host %s", name)
 
     def create_host(self, name: str, uid_base: int | None = None,
-                    idle_timeout: float | None = None, quota: Quota | None = None) -> Engine:
+                    idle_timeout: float | None = None, quota: Quota | None = None,
+                    registry_credentials: dict[str, tuple[str, str]] | None = None) -> Engine:
         """``idle_timeout``: free the host after that many seconds without a request
         or a ``touch`` (a visitor's host); None keeps it until it is removed.
         ``quota``: the host's rate limits and quotas (a classroom's). None: the
         defaults of ``Quota()`` for a student's or a visitor's host, and none for
-        the default host, which is the machine's own (root's and the operator's)."""
+        the default host, which is the machine's own (root's and the operator's).
+        ``registry_credentials``: the host's logins to registries (``"127.0.0.1:8000"``
+        -> (username, password)), used when a push or pull brings none of its own."""
         if not HOST_NAME.match(name or ""):
             raise EngineError(f"invalid host name {name!r}: lower-case letters, digits, '-', '_', '.' "
                               "(up to 64), starting with a letter or digit")
@@ -128,6 +132,7 @@ class Daemon:
             if quota is None and name != "default":
                 quota = Quota()
             engine = Engine(self.state_dir, host=name, uid_base=uid_base, quota=quota)
+            engine.registry_credentials = dict(registry_credentials or {})
             path = host_socket_path(self.state_dir, name)
             path.parent.mkdir(parents=True, exist_ok=True)
             server = serve_host(str(path), engine, self)
@@ -144,6 +149,23 @@ class Daemon:
                 self._write_json(self.idle_record, self.idle_timeouts)
         log.info("host %s on %s (container root = host uid %d)", name, path, uid_base)
         return engine
+
+    def host(self, name: str) -> Engine:
+        with self.lock:
+            if name not in self.hosts:
+                raise NotFound(f"no such host: {name}")
+            return self.hosts[name][0]
+
+    def set_quota(self, name: str, quota: Quota | None) -> None:
+        """The host's quota from now on (None: none). What runs keeps running; the next
+        start is measured against the new limits."""
+        self.host(name).quota.replace(quota)
+        log.info("host %s: quota %s", name, quota)
+
+    def set_registry_credentials(self, name: str, credentials: dict[str, tuple[str, str]]) -> None:
+        """The host's registry logins from now on; ``{}`` forgets them all."""
+        self.host(name).registry_credentials = dict(credentials)
+        log.info("host %s: registry credentials for %s", name, ", ".join(sorted(credentials)) or "none")
 
     def remove_host(self, name: str) -> None:
         """Stops its containers and frees what it held: containers, tags, volumes, cache."""
@@ -215,7 +237,10 @@ class Daemon:
         return [{"Name": name, "Socket": str(host_socket_path(self.state_dir, name)),
                  "UidBase": engine.runtime.uid_base, "Containers": len(engine.list()),
                  "Images": len(engine.images.list()),
-                 "IdleTimeout": self.idle_timeouts.get(name)}
+                 "IdleTimeout": self.idle_timeouts.get(name),
+                 "Quota": quota_fields(engine.quota.quota),
+                 # Which registries it may log in to; never the credentials themselves.
+                 "RegistryAuth": sorted(engine.registry_credentials)}
                 for name, (engine, _) in sorted(self.hosts.items())]
 
     def close(self) -> None:
@@ -226,6 +251,11 @@ class Daemon:
             server.server_close()
             engine.close()
             host_socket_path(self.state_dir, name).unlink(missing_ok=True)
+
+
+def quota_fields(quota: Quota) -> dict | None:
+    """A quota as the API shows it: its fields, or None when nothing is limited."""
+    return None if quota == Quota.unlimited() else dataclasses.asdict(quota)
 
 
 HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -285,9 +315,10 @@ def web_identity() -> tuple[int, int] | None:
         return None
 
 
-def prepare_registry(state_dir: Path, identity) -> Path:
-    """The classroom registry's storage: the web app's own (it runs unprivileged)."""
-    root = state_dir / "registry"
+def prepare_registry(state_dir: Path, identity, name: str = "registry") -> Path:
+    """A directory of the web app's own (it runs unprivileged): the classroom registry's
+    storage (``registry``), the database of progress and classrooms (``web``)."""
+    root = state_dir / name
     root.mkdir(mode=0o700, exist_ok=True)
     if identity:
         os.chown(root, *identity)
@@ -325,6 +356,12 @@ def start_web(socket: Path, address: tuple[str, int], identity, registry: Path |
                GLASSBOX_SECRET_KEY=web_secret(socket.parent))
     if registry:
         env["GLASSBOX_REGISTRY_ROOT"] = str(registry)
+        # The daemon pushes and pulls for students over loopback, whatever address the
+        # site is open on.
+        env["GLASSBOX_REGISTRY_ADDRESS"] = f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+        if "GLASSBOX_DATABASE_URL" not in env:
+            data = prepare_registry(registry.parent, identity, "web")
+            env["GLASSBOX_DATABASE_URL"] = f"sqlite:///{data / 'glassbox.db'}"
     root = Path(__file__).resolve().parent.parent
     log.info("web app on http://%s:%s", host, port)
     # A process group of its own, so that stopping it can stop its worker too.

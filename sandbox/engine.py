@@ -155,6 +155,9 @@ class Engine:
         # None: no quota (the operator's own engine: glassbox run, bench, tests);
         # the daemon gives each student's host one (Daemon.create_host).
         self.quota = HostQuota(quota)
+        # A classroom host's own logins ("127.0.0.1:8000" -> (username, password)), so that
+        # a student's docker push and pull reach the classroom registry without docker login.
+        self.registry_credentials: dict[str, tuple[str, str]] = {}
         self._in_build = threading.local()  # set while this thread runs a build's steps
         self.bus = EventBus()
         self.images = ImageStore(self.state_dir, host_dir_name(host))
@@ -584,6 +587,7 @@ class Engine:
     def push(self, ref: str, destination: str, username: str | None = None,
              password: str | None = None, progress=lambda p: None) -> dict:
         """``docker push``: only the blobs the registry lacks move."""
+        username, password = self._credentials(destination, username, password)
         try:
             return self.distribution.push(ref, destination, username, password, progress)
         except DistributionError as exc:
@@ -594,6 +598,7 @@ class Engine:
     def pull(self, reference: str, username: str | None = None, password: str | None = None,
              progress=lambda p: None) -> Image:
         """``docker pull``: only the layers this host's cache lacks move."""
+        username, password = self._credentials(reference, username, password)
         try:
             image, _ = self.distribution.pull(reference, username, password, progress)
         except DistributionError as exc:
@@ -601,6 +606,14 @@ class Engine:
         except ValueError as exc:
             raise EngineError(f"pull of {reference} failed: {exc}") from None
         return image
+
+    def _credentials(self, reference: str, username: str | None,
+                     password: str | None) -> tuple[str | None, str | None]:
+        """The student's own login when they gave one (docker login); else the host's
+        for the registry the reference names, if it has one."""
+        if username:
+            return username, password
+        return self.registry_credentials.get(reference.partition("/")[0], (None, None))
 
     def tree(self, known: str | None = None) -> dict:
         """The image tree for the browser: graph JSON, its Graphviz layout and its
@@ -706,6 +719,12 @@ class Engine:
         except KeyError as exc:
             raise NotFound(str(exc).strip("'\"")) from None
         marked = list(dict.fromkeys(tree.layer_node(n.removeprefix("layer:")) for n in layers))
+        chains = [n.removeprefix("layer:") for n in marked]
+        # So a lesson can see that the student did the analysis, and what it found.
+        self.bus.emit("weak.analyzed", {"layer": chains[0]} if chains else {},
+                      {"layers": chains, "path": path, "images": len(hit["images"]),
+                       "containers": len(hit["containers"]), "affected_layers": len(hit["layers"])},
+                      host=self.host)
         return {"marked": marked, **hit,
                 "count": {kind: len(nodes) for kind, nodes in hit.items()}}
 

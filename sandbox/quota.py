@@ -94,13 +94,32 @@ class HostQuota:
     def __init__(self, quota: Quota | None = None, clock: Callable[[], float] = time.monotonic):
         self.quota = quota or Quota.unlimited()
         self._lock = threading.Lock()
-        limits = {"starts": self.quota.starts_per_minute, "execs": self.quota.execs_per_minute,
-                  "builds": self.quota.builds_per_minute}
-        self._windows = {kind: SlidingWindow(limit, MINUTE, clock)
-                         for kind, limit in limits.items() if limit is not None}
+        self._clock = clock
+        self._windows = self._windows_for(self.quota, {})
         # Containers admitted whose start is still under way (id -> memory counted):
         # not "running" yet, but already holding their place.
         self._starting: dict[str, int] = {}
+
+    def replace(self, quota: Quota | None) -> None:
+        """The host's limits from now on (a teacher changed them). What was taken
+        still counts: the starts of the last minute against the new rate, the running
+        containers and the starts under way against the new room. Nothing is stopped."""
+        quota = quota or Quota.unlimited()
+        with self._lock:
+            windows = self._windows_for(quota, self._windows)   # a bad limit changes nothing
+            self.quota, self._windows = quota, windows
+
+    def _windows_for(self, quota: Quota, old: dict[str, SlidingWindow]) -> dict[str, SlidingWindow]:
+        limits = {"starts": quota.starts_per_minute, "execs": quota.execs_per_minute,
+                  "builds": quota.builds_per_minute}
+        windows = {}
+        for kind, limit in limits.items():
+            if limit is None:
+                continue
+            windows[kind] = SlidingWindow(limit, MINUTE, self._clock)
+            if kind in old:  # the newest takes that fit the new limit
+                windows[kind].times.extend(old[kind].times)
+        return windows
 
     def take(self, kind: str) -> Refusal | None:
         """One exec or build: a slot of its rate, or the refusal."""

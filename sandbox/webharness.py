@@ -138,7 +138,7 @@ class Visitor:
     def host(self) -> str:
         return self.subscription["host"]
 
-    def connect(self, origin: str | None = None) -> None:
+    def connect(self, origin: str | None = None, auth: dict | None = None) -> None:
         import socketio
         # websocket-client sends this site's own Origin unless told another.
         extra = {"websocket_extra_options": {"origin": origin}} if origin else {}
@@ -150,7 +150,8 @@ class Visitor:
         self.sio.on("terminals", lambda m: self._record(self.terminal_lists, m))
         self.sio.on("*", lambda name, m=None: self._record(self.messages.setdefault(name, []), m))
         headers = {"Cookie": f"session={self.cookie}"}
-        self.sio.connect(self.web.url, headers=headers, transports=["websocket"], wait_timeout=10)
+        self.sio.connect(self.web.url, headers=headers, transports=["websocket"], wait_timeout=10,
+                         auth=auth)
 
     def _record(self, where: list, item) -> None:
         with self.changed:

@@ -9,6 +9,7 @@ import { ImageTree } from "./tree.js";
 import { BuildView, treeShower } from "./build.js";
 import { HostMap } from "./hostmap.js";
 import { Lessons } from "./lessons.js";
+import { ClassroomBanner } from "./classroom.js";
 
 const ACK_TIMEOUT_MS = 10000;
 const SEEN_KEEP = 50000;  // seqs remembered for de-duplication
@@ -85,7 +86,9 @@ async function main() {
   const langSwitch = $("#lang-switch");
   langSwitch.value = lang;
 
-  const socket = window.io({autoConnect: false});
+  // A window on the instructor's host while they present: the same page, read-only.
+  const watching = document.body.classList.contains("watching");
+  const socket = window.io(watching ? {autoConnect: false, auth: {watch: true}} : {autoConnect: false});
 
   // Every request has an answer within ACK_TIMEOUT_MS: the answer, or {error}.
   const request = (name, payload) => new Promise((resolve) => {
@@ -100,7 +103,8 @@ async function main() {
     list: $("#timeline"), filters: $("#timeline-filters"), search: $("#timeline-search"),
     jump: $("#timeline-jump"), empty: $("#timeline-empty"),
   });
-  const terminals = new Terminals({root: $("#terminals"), socket, request, onError: ackFailed});
+  const terminals = new Terminals({root: $("#terminals"), socket, request, onError: ackFailed,
+                                   readOnly: watching});
   const containers = new Containers({
     view: $("#containers-view"), list: $("#containers"), empty: $("#containers-empty"),
     count: $("#containers-count"), panel: $("#panel"), request, terminals,
@@ -111,8 +115,11 @@ async function main() {
   let showInTree = () => {};
   const build = new BuildView({view: $("#build-view"), request, showInTree: (id) => showInTree(id)});
   const hostmap = new HostMap({view: $("#hostmap-view"), request});
-  const lessons = new Lessons({panel: $("#lesson-panel"), toggle: $("#lessons-toggle"), request, socket,
-                               terminals, onError: ackFailed});
+  const lessons = watching ? null : new Lessons({panel: $("#lesson-panel"), toggle: $("#lessons-toggle"),
+                                                request, socket, terminals, onError: ackFailed});
+  const classroom = watching ? null : new ClassroomBanner({banner: $("#classroom-banner"),
+                                                           overlay: $("#watch-overlay"), request, socket,
+                                                           showNotice});
 
   // ---------------------------------------------------------------- connection
   let connection = "connecting";
@@ -135,7 +142,8 @@ async function main() {
     tree.relabel();
     build.relabel();
     hostmap.relabel();
-    lessons.relabel();
+    if (lessons) lessons.relabel();
+    if (classroom) classroom.relabel();
     setConnection(connection);
   });
 
@@ -149,9 +157,11 @@ async function main() {
   showTab(document.querySelector("#inspector-tabs [aria-selected=true]"), false);
   showInTree = treeShower({openTab: () => showTab($("#tab-tree"), false), tree});
 
-  $("#reset-form").addEventListener("submit", (e) => {
-    if (!window.confirm(t("host.reset_confirm"))) e.preventDefault();
-  });
+  if (!watching) {
+    $("#reset-form").addEventListener("submit", (e) => {
+      if (!window.confirm(t("host.reset_confirm"))) e.preventDefault();
+    });
+  }
 
   // ---------------------------------------------------------------- events
   // Seqs already shown: the backlog after a reconnect overlaps what we have.
@@ -214,7 +224,8 @@ async function main() {
     containers.refresh();
     tree.refreshSoon();  // what changed while away
     hostmap.refreshSoon();
-    lessons.refresh();
+    if (lessons) lessons.refresh();
+    if (classroom) classroom.refresh();
   });
   socket.on("disconnect", () => {
     online = false;
@@ -237,7 +248,7 @@ async function main() {
   socket.on("terminals", (items) => terminals.sync(items));
 
   window.glassbox = {
-    socket, terminals, timeline, containers, build, hostmap, lessons, lastSeq: () => lastSeq,
+    socket, terminals, timeline, containers, build, hostmap, lessons, classroom, lastSeq: () => lastSeq,
     // refresh(): asks the server again; signature(): of the tree drawn;
     // draw(answer): draws a `tree` answer and keeps it (live updates wait for
     // the next refresh()), resolving to the render's figures once painted —

@@ -34,8 +34,9 @@ class Tab {
 }
 
 export class Terminals {
-  constructor({root, socket, request, onError}) {
+  constructor({root, socket, request, onError, readOnly = false}) {
     this.root = root;
+    this.readOnly = readOnly;  // watching another's host: nothing typed is sent
     this.socket = socket;
     this.request = request;
     this.onError = onError;
@@ -204,6 +205,7 @@ export class Terminals {
       fontSize: 14,
       scrollback: 5000,
       theme: THEME,
+      disableStdin: this.readOnly,
     });
     tab.fit = new window.FitAddon.FitAddon();
     tab.term.loadAddon(tab.fit);

@@ -1,0 +1,167 @@
+// The instructor's dashboard: a row per student — lesson, step, how long they
+// have been on it — kept live by the server, and the class's controls.
+import { startPage } from "./classroom_page.js";
+import { lang, onLangChange, t } from "./i18n.js";
+
+const $ = (selector) => document.querySelector(selector);
+const classroomId = $("#dashboard").dataset.classroom;
+const students = new Map();   // id -> row
+let lessons = [];
+let classroom = null;
+// Set once the socket exists: the row buttons' actions.
+let sendTo = () => {};
+let resetHost = () => {};
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "text") node.textContent = value;
+    else if (key === "class") node.className = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function duration(seconds) {
+  if (seconds < 60) return t("classroom.seconds", {n: Math.floor(seconds)});
+  if (seconds < 3600) return t("classroom.minutes", {n: Math.floor(seconds / 60)});
+  return t("classroom.hours", {h: Math.floor(seconds / 3600), m: Math.floor((seconds % 3600) / 60)});
+}
+
+function stuckClass(seconds) {
+  if (seconds > 600) return "stuck-long";
+  if (seconds > 300) return "stuck";
+  return "";
+}
+
+function renderRow(row) {
+  const lesson = row.lesson;
+  const now = Date.now() / 1000;
+  const tr = el("tr", {"data-student": row.id, class: row.online ? "online" : "offline"});
+  tr.append(
+    el("th", {scope: "row"},
+      el("span", {class: "presence", "aria-hidden": "true"}),
+      el("span", {class: "student-name", text: row.name}),
+      el("span", {class: "visually-hidden", text: row.online ? t("classroom.online") : t("classroom.offline")})),
+    el("td", {class: "student-lesson", text: lesson ? `${lesson.chapter}. ${lesson.title[lang()] || lesson.title.en}` : t("classroom.free_play")}),
+    el("td", {class: "student-step", text: lesson ? t("classroom.step_of", {n: row.step + 1, total: lesson.steps, done: row.done.length}) : "—"}),
+    el("td", {class: `student-stuck ${row.since ? stuckClass(now - row.since) : ""}`,
+              text: row.since ? duration(now - row.since) : (lesson ? t("classroom.step_done") : "—")}),
+    el("td", {class: "num", text: String(row.hints)}),
+    el("td", {class: "num student-finished", text: String(row.finished.length)}));
+  const hint = el("button", {type: "button", text: t("classroom.send_hint")});
+  hint.addEventListener("click", () => sendTo(row, "hint"));
+  const message = el("button", {type: "button", text: t("classroom.send_message")});
+  message.addEventListener("click", () => sendTo(row, "message"));
+  const reset = el("button", {type: "button", class: "danger", text: t("classroom.reset_host")});
+  reset.addEventListener("click", () => resetHost(row));
+  tr.append(el("td", {class: "actions"}, hint, message, reset));
+  return tr;
+}
+
+function render() {
+  const rows = [...students.values()].sort((a, b) => a.name.localeCompare(b.name));
+  $("#students").hidden = rows.length === 0;
+  $("#students-empty").hidden = rows.length > 0;
+  $("#student-count").textContent = `(${rows.length})`;
+  $("#students tbody").replaceChildren(...rows.map(renderRow));
+  renderClassroom();
+}
+
+function renderClassroom() {
+  if (!classroom) return;
+  const present = $("#present");
+  present.setAttribute("aria-pressed", String(Boolean(classroom.presenting)));
+  present.textContent = classroom.presenting ? t("classroom.teach.stop_presenting") : t("classroom.teach.present");
+  const state = $("#class-state");
+  if (classroom.open === false) {
+    state.textContent = t("classroom.teach.ended");
+    for (const control of document.querySelectorAll(".controls button, .controls input, .actions button")) control.disabled = true;
+  } else if (classroom.ends_at) {
+    const left = classroom.ends_at - Date.now() / 1000;
+    state.textContent = t("classroom.teach.ends_in", {time: duration(Math.max(0, left))});
+  }
+}
+
+async function main() {
+  await startPage();
+  const socket = window.io({autoConnect: false});
+  const request = (name, payload) => new Promise((resolve) => {
+    socket.timeout(10000).emit(name, {classroom: classroomId, ...payload}, (err, answer) => {
+      resolve(err ? {error: t("error.timeout")} : (answer || {}));
+    });
+  });
+  const say = (answer) => {
+    if (answer && answer.error) window.alert(answer.error);
+    return answer;
+  };
+
+  sendTo = async (row, kind) => {
+    const text = window.prompt(t(kind === "hint" ? "classroom.hint_to" : "classroom.message_to", {name: row.name}));
+    if (text) say(await request("classroom.message", {to: row.id, kind, text}));
+  };
+  resetHost = async (row) => {
+    if (window.confirm(t("classroom.reset_confirm", {name: row.name}))) say(await request("classroom.reset", {to: row.id}));
+  };
+
+  socket.on("connect", async () => {
+    const answer = await request("classroom.watch");
+    if (answer.error) return say(answer);
+    classroom = answer.classroom;
+    lessons = answer.lessons;
+    students.clear();
+    for (const row of answer.students) students.set(row.id, row);
+    render();
+  });
+  socket.on("classroom.student", (row) => {
+    students.set(row.id, row);
+    render();
+  });
+  socket.on("classroom.updated", (described) => {
+    classroom = {...classroom, ...described};
+    render();
+  });
+
+  $("#present").addEventListener("click", async () => {
+    const answer = say(await request("classroom.present", {on: !classroom.presenting}));
+    if (!answer.error) {
+      classroom = {...classroom, ...answer};
+      render();
+    }
+  });
+  $("#end-class").addEventListener("click", async () => {
+    if (!window.confirm(t("classroom.end_confirm"))) return;
+    const answer = say(await request("classroom.end"));
+    if (!answer.error) {
+      classroom = {...classroom, open: false};
+      render();
+    }
+  });
+  $("#broadcast").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const input = $("#broadcast-text");
+    if (!input.value.trim()) return;
+    const answer = say(await request("classroom.message", {text: input.value, kind: "message"}));
+    if (!answer.error) input.value = "";
+  });
+  $("#limits").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const form = new FormData(e.target);
+    const answer = say(await request("classroom.limits", Object.fromEntries(form.entries())));
+    if (!answer.error) {
+      classroom = {...classroom, ...answer};
+      $("#class-state").dataset.saved = "1";
+      render();
+    }
+  });
+  onLangChange(render);
+  setInterval(render, 5000);   // the "for how long" column moves on by itself
+  window.glassbox = {socket, students, classroom: () => classroom};
+  socket.connect();
+}
+
+main().catch((error) => {
+  console.error(error);
+  document.documentElement.classList.remove("i18n-pending");
+});
