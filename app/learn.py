@@ -79,7 +79,8 @@ def step_payload(db: Session, learner: Learner, progress: Progress, host: str) -
     goals = [lessons.fill_conditions(c.spec, values) for c in step.checks if c.source == "tree"]
     return {"lesson": lesson.summary_json(), "step": progress.step, "done": sorted(progress.done),
             "texts": {lang: lessons.render(step.text[lang], values) for lang in lessons.LANGS},
-            "checks": [{"label": c.label} for c in step.checks], "goals": goals,
+            "checks": [{"label": lessons.fill_conditions(c.label, values)} for c in step.checks],
+            "goals": goals,
             "hints_shown": progress.hints, "finished": progress.finished_at is not None}
 
 

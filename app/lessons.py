@@ -420,7 +420,8 @@ def _operator(value, op: str, arg) -> bool:
         case "gte": return number and value >= arg
         case "lt": return number and value < arg
         case "lte": return number and value <= arg
-        case "in": return value in arg
+        case "in":   # a list holds one of them (RepoTags in [a, b]), or a value is one of them
+            return any(v in arg for v in value) if isinstance(value, list) else value in arg
         case "matches": return isinstance(value, str) and re.search(str(arg), value) is not None
         case "contains":
             return (isinstance(value, str) and str(arg) in value) or (isinstance(value, list) and arg in value)
@@ -497,7 +498,10 @@ class Result:
 
 
 def evaluate(step: Step, view: HostView, values: dict[str, str]) -> list[Result]:
-    return [check_one(check, view, values) for check in step.checks]
+    results = [check_one(check, view, values) for check in step.checks]
+    for result in results:
+        result.label = fill_conditions(result.label, values)
+    return results
 
 
 def check_one(check: Check, view: HostView, values: dict[str, str]) -> Result:

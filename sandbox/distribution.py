@@ -167,25 +167,32 @@ class Distribution:
         manifest_bytes = self.store.blob_path(image.manifest_digest).read_bytes()
         blobs = list(image.manifest["layers"]) + [image.manifest["config"]]
         stats = {"pushed": 0, "skipped": 0, "mounted": 0, "bytes_uploaded": 0}
+        # The same, for the image's layers alone (the counts above include its config blob):
+        # what the tree shows moving.
+        layer_stats = {"layers_pushed": 0, "layers_skipped": 0, "layers_mounted": 0}
         sources = self._sources()
         for blob in blobs:
             digest, size = blob["digest"], blob["size"]
+            is_layer = blob is not image.manifest["config"]
             short = digest.removeprefix("sha256:")[:12]
             subject = {"blob": digest, "repository": target.repository}
             progress({"status": "Preparing", "id": short})
             if self._has_blob(client, target.repository, digest):
                 stats["skipped"] += 1
+                layer_stats["layers_skipped"] += is_layer
                 progress({"status": "Layer already exists", "id": short})
                 self.emit("blob.skipped", subject, {"bytes": size, "direction": "push"})
                 continue
             mounted_from = self._mount(client, target.repository, digest, sources.get(digest, []))
             if mounted_from:
                 stats["mounted"] += 1
+                layer_stats["layers_mounted"] += is_layer
                 progress({"status": f"Mounted from {mounted_from}", "id": short})
                 self.emit("blob.mounted", subject, {"bytes": size, "from": mounted_from})
                 continue
             self._upload(client, target.repository, digest, size, progress, short)
             stats["pushed"] += 1
+            layer_stats["layers_pushed"] += is_layer
             stats["bytes_uploaded"] += size
             progress({"status": "Pushed", "id": short})
             self.emit("blob.pushed", subject, {"bytes": size})
@@ -205,7 +212,7 @@ class Distribution:
                 repos.append(target.repository)
         self._save_sources(sources)
         self.emit("image.pushed", {"image": image.id},
-                  {"destination": str(target), "digest": expected, **stats})
+                  {"destination": str(target), "digest": expected, **stats, **layer_stats})
         progress({"status": f"{target.tag}: digest: {expected} size: {len(manifest_bytes)}"})
         progress({"aux": {"Tag": target.tag, "Digest": expected, "Size": len(manifest_bytes)}})
         return {"digest": expected, **stats}

@@ -126,6 +126,8 @@ def test_conditions_follow_paths_and_operators():
     assert lessons.matches(doc, {"State.Status": "exited", "State.ExitCode": {"gte": 128, "lt": 200}})
     assert lessons.matches(doc, {"Names": "/b", "Mounts": {"has": {"Name": "v"}, "len": 1}})
     assert lessons.matches(doc, {"Mounts.0.Name": {"matches": "^v$"}, "Nope": {"exists": False}})
+    assert lessons.matches(doc, {"Names": {"in": ["/x", "/b"]}, "State.Status": {"in": ["exited", "dead"]}})
+    assert not lessons.matches(doc, {"Names": {"in": ["/x"]}})
     assert not lessons.matches(doc, {"State.Status": "running"})
     assert not lessons.matches(doc, {"State.ExitCode": {"gt": "x"}})   # a string never compares with a number
     assert not lessons.matches(doc, {"Mounts.3.Name": "v"})

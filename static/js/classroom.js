@@ -20,6 +20,7 @@ export class ClassroomBanner {
     socket.on("classroom.present", (m) => {
       if (this.mine) this.mine.classroom.presenting = Boolean(m && m.on);
       this.render();
+      if (this.mine && this.mine.teacher) return;   // the instructor's own workspace
       if (m && m.on) this.openWatch();
       else this.closeWatch();
     });
