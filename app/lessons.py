@@ -357,27 +357,61 @@ def fill(text: str, values: dict[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values.get(m[1], m[0]), text)
 
 
+# What a step's Markdown may become on the page. The page builds these elements itself
+# (createElement, textContent): no HTML string from here is ever parsed by the browser.
+TAGS = {"p", "strong", "em", "s", "code", "pre", "ul", "ol", "li", "blockquote", "a", "br", "hr",
+        "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td"}
+
+
 def render(text: Text, values: dict[str, str]) -> dict:
-    """A step's text as HTML for the page, placeholders filled. ```run blocks become
-    ``<pre class="run" data-run="N">``; the page adds their buttons."""
+    """A step's text for the page, placeholders filled: the Markdown as a tree of
+    ``{"t": tag, "c": [children], "a": {attributes}}`` and strings; a ```run block is
+    ``{"t": "pre", "run": N, …}`` and the page adds its button."""
     md = _markdown()
-    commands = [fill(c, values) for c in text.commands]
-
-    def fence(renderer, tokens, idx, options, env):
-        token = tokens[idx]
-        if token.info.strip() == "run":
-            number = env.setdefault("runs", 0)
-            env["runs"] = number + 1
-            return (f'<pre class="run" data-run="{number}"><code>'
-                    f"{md.utils.escapeHtml(token.content.rstrip())}</code></pre>\n")
-        return default_fence(tokens, idx, options, env)
-
-    default_fence = md.renderer.rules["fence"]
-    md.add_render_rule("fence", fence)
     return {"title": fill(text.title, values),
-            "html": md.render(fill(text.body, values), {}),
-            "commands": commands,
-            "hints": [md.renderInline(fill(h, values)) for h in text.hints]}
+            "body": to_tree(md.parse(fill(text.body, values))),
+            "commands": [fill(c, values) for c in text.commands],
+            "hints": [to_tree(md.parseInline(fill(h, values))) for h in text.hints]}
+
+
+def to_tree(tokens) -> list:
+    root: list = []
+    stack = [root]
+    runs = 0
+    for token in tokens:
+        if token.type == "inline":
+            stack[-1].extend(to_tree(token.children or []))
+        elif token.nesting == 1:
+            if token.hidden:            # a tight list's paragraph: its text goes straight in
+                stack.append(stack[-1])
+                continue
+            node = {"t": token.tag if token.tag in TAGS else "span", "c": []}
+            if token.tag == "a":
+                href = str(token.attrGet("href") or "")
+                node["a"] = {"href": href if re.match(r"^(https?://|/|#)", href) else "#"}
+            elif token.tag == "ol" and token.attrGet("start"):
+                node["a"] = {"start": str(token.attrGet("start"))}
+            stack[-1].append(node)
+            stack.append(node["c"])
+        elif token.nesting == -1:
+            stack.pop()
+        elif token.type in ("text", "html_inline", "html_block"):
+            stack[-1].append(token.content)
+        elif token.type == "code_inline":
+            stack[-1].append({"t": "code", "c": [token.content]})
+        elif token.type in ("fence", "code_block"):
+            node = {"t": "pre", "c": [{"t": "code", "c": [token.content.rstrip("\n")]}]}
+            if token.type == "fence" and token.info.strip() == "run":
+                node["run"] = runs
+                runs += 1
+            stack[-1].append(node)
+        elif token.type == "softbreak":
+            stack[-1].append("\n")
+        elif token.type == "hardbreak":
+            stack[-1].append({"t": "br", "c": []})
+        elif token.type == "hr":
+            stack[-1].append({"t": "hr", "c": []})
+    return root
 
 
 # ------------------------------------------------------------------ checking a step

@@ -33,6 +33,9 @@ def main(args) -> int:
     elif args.name == "events":
         from sandbox.bench_web import bench_events
         figures = bench_events(min(args.n, 200) if args.n != 30 else 50)
+    elif args.name == "lessons":
+        from sandbox.bench_lessons import bench_lessons
+        figures = bench_lessons(students=args.n)
     elif args.name == "graphs":
         from sandbox.bench_graphs import bench_graphs
         figures = bench_graphs()

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks (last line: JSON figures)")
     state(bench)
-    bench.add_argument("name", choices=["start", "build", "distribution", "cli", "events", "graphs"])
+    bench.add_argument("name", choices=["start", "build", "distribution", "cli", "events", "graphs", "lessons"])
     bench.add_argument("-n", type=int, default=30)
 
     build = sub.add_parser("build", help="build an image from a Dockerfile")

@@ -75,12 +75,12 @@ def test_a_student_joins_completes_a_step_and_the_dashboard_shows_it(web, people
     student.click(".lesson-item[data-lesson='lifecycle']")
     student.wait_for_selector(".step-title")
     teacher.wait_for_function(
-        "document.querySelector('#students .student-lesson').textContent.includes('A container lives')")
+        "() => document.querySelector('#students .student-lesson').textContent.includes('A container lives')")
     assert teacher.locator("#students .student-step").inner_text().startswith("1 of 4")
     student.click(".run-block .run-button")
     student.wait_for_selector(".step-status.passed", timeout=30_000)
     teacher.wait_for_function(
-        "document.querySelector('#students .student-step').textContent.includes('(1 done)')", timeout=30_000)
+        "() => document.querySelector('#students .student-step').textContent.includes('(1 done)')", timeout=30_000)
     assert "done" in teacher.locator("#students .student-stuck").inner_text()
 
     # A hint from the dashboard reaches the student's page.
@@ -125,8 +125,8 @@ def test_the_instructor_presents_and_the_student_watches_read_only(web, people):
 def test_the_dashboard_reads_in_korean(web, people):
     teacher = people(locale="ko-KR")
     create_classroom(web, teacher, name="컨테이너 1일차")
-    teacher.wait_for_function("document.querySelector('#end-class').textContent === '수업 끝내기'")
+    teacher.wait_for_function("() => document.querySelector('#end-class').textContent === '수업 끝내기'")
     assert "아직 참여한 학생이 없습니다" in teacher.inner_text("#students-empty")
     teacher.select_option("#lang-switch", "en")
-    teacher.wait_for_function("document.querySelector('#end-class').textContent === 'End the class'")
+    teacher.wait_for_function("() => document.querySelector('#end-class').textContent === 'End the class'")
     assert teacher.errors == []

@@ -19,7 +19,7 @@ def test_a_student_completes_a_step_by_clicking_its_command(student):
     assert page.locator(".check-ok").count() == 2
     assert "hello" in page.inner_text(".term-panes")
     page.click("#lesson-next")
-    page.wait_for_function("document.querySelector('.step-title').textContent.includes('keeps running')")
+    page.wait_for_function("() => document.querySelector('.step-title').textContent.includes('keeps running')")
     assert page.locator(".step-dots button.done").count() == 1
     # A reload comes back to the same step, where it was left.
     page.reload()
@@ -38,7 +38,7 @@ def test_the_lessons_read_in_korean_and_the_switch_changes_them(student):
     assert page.inner_text(".step-title") == "바로 끝나는 컨테이너"
     assert page.inner_text(".run-button") == "실행 ▸"
     page.select_option("#lang-switch", "en")
-    page.wait_for_function("document.querySelector('.step-title').textContent === 'A container that ends at once'")
+    page.wait_for_function("() => document.querySelector('.step-title').textContent === 'A container that ends at once'")
     assert page.inner_text("#lessons-toggle") == "Lessons"
     page.click(".hint-button")
     assert re.search(r"Click the command", page.inner_text(".hint-list"))

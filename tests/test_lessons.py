@@ -97,14 +97,32 @@ def test_the_linter_says_what_is_wrong(tmp_path, change, complaint):
 def test_run_blocks_render_as_commands_and_raw_html_as_text(tmp_path):
     text, problems = lessons.parse_text(
         "# T {ns}\n\nSee `x` *now* & <b>.\n\n```run\ndocker push {registry}/{ns}/app\n```\n\n"
-        "## Hints\n- a `{class}` hint\n", "en")
+        "- one\n- [two](javascript:alert(1))\n\n## Hints\n- a `{class}` hint\n", "en")
     assert text is not None
     shown = lessons.render(text, {"registry": "127.0.0.1:8000", "ns": "c1/ann", "class": "c1"})
     assert shown["title"] == "T c1/ann"
-    assert '<pre class="run" data-run="0"><code>docker push 127.0.0.1:8000/c1/ann/app</code></pre>' in shown["html"]
-    assert "&lt;b&gt;" in shown["html"] and "<b>" not in shown["html"]
+    paragraph, run, items = shown["body"]
+    # Raw HTML is text (the page sets it with textContent), never an element.
+    assert paragraph == {"t": "p", "c": ["See ", {"t": "code", "c": ["x"]}, " ",
+                                         {"t": "em", "c": ["now"]}, " & <b>."]}
+    assert run == {"t": "pre", "run": 0, "c": [{"t": "code", "c": ["docker push 127.0.0.1:8000/c1/ann/app"]}]}
+    assert items["t"] == "ul" and items["c"][0] == {"t": "li", "c": ["one"]}
+    assert items["c"][1]["c"] == ["[two](javascript:alert(1))"]   # never a javascript: link
     assert shown["commands"] == ["docker push 127.0.0.1:8000/c1/ann/app"]
-    assert shown["hints"] == ["a <code>c1</code> hint"]
+    assert shown["hints"] == [["a ", {"t": "code", "c": ["c1"]}, " hint"]]
+
+
+def test_every_tag_a_lesson_renders_to_is_one_the_page_builds():
+    def tags(nodes):
+        for node in nodes:
+            if isinstance(node, dict):
+                yield node["t"]
+                yield from tags(node["c"])
+    for lesson in lessons.load(ROOT):
+        for step in lesson.steps:
+            for lang in lessons.LANGS:
+                shown = lessons.render(step.text[lang], {"registry": "r", "ns": "n", "class": "c"})
+                assert set(tags(shown["body"])) | set(tags(sum(shown["hints"], []))) <= lessons.TAGS
 
 
 # ------------------------------------------------------------------ the check language

@@ -6,6 +6,8 @@ import { lang, t } from "./i18n.js";
 
 const PALETTE = ["#2f7de1", "#d9822b", "#2e9e5b", "#b04ac8", "#c83a4a", "#178f9b", "#8a6d1f", "#5b5fc7"];
 const SVG = "http://www.w3.org/2000/svg";
+const ALLOWED_TAGS = new Set(["p", "strong", "em", "s", "code", "pre", "ul", "ol", "li", "blockquote", "a",
+  "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td"]);
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -139,17 +141,7 @@ export class Lessons {
       dots.append(el("li", {}, dot));
     }
 
-    const body = el("div", {class: "step-body"});
-    body.innerHTML = text.html;  // rendered on the server from the lesson's Markdown (raw HTML off)
-    for (const pre of body.querySelectorAll("pre.run")) {
-      const command = text.commands[Number(pre.dataset.run)];
-      const run = el("button", {type: "button", class: "run-button", text: t("lessons.run"),
-                                title: t("lessons.run_title")});
-      run.addEventListener("click", () => this.sendToTerminal(command));
-      const block = el("div", {class: "run-block"});
-      pre.replaceWith(block);
-      block.append(pre, run);
-    }
+    const body = el("div", {class: "step-body"}, ...this.build(text.body, text.commands));
 
     const checks = el("ul", {class: "checks", "aria-live": "polite"});
     step.checks.forEach((check, i) => {
@@ -169,11 +161,7 @@ export class Lessons {
     const hints = el("div", {class: "hints"});
     const shown = text.hints.slice(0, this.hintsOpen);
     const hintList = el("ol", {class: "hint-list"});
-    for (const hint of shown) {
-      const item = el("li");
-      item.innerHTML = hint;
-      hintList.append(item);
-    }
+    for (const hint of shown) hintList.append(el("li", {}, ...this.build(hint, [])));
     if (this.hintsOpen < text.hints.length) {
       const more = el("button", {type: "button", class: "hint-button",
                                  text: this.hintsOpen ? t("lessons.another_hint") : t("lessons.hint")});
@@ -206,6 +194,28 @@ export class Lessons {
     step.goals.forEach((goal, i) => parts.push(this.goalGraph(goal, this.goalResult(i))));
     parts.push(hints, el("footer", {class: "step-footer"}, prev, next));
     this.stepView.replaceChildren(...parts);
+  }
+
+  // The step's text from the server's tree of the Markdown ({t, c, a} and strings):
+  // elements of a fixed set of tags, every string as text. A ```run block gets its button.
+  build(nodes, commands) {
+    return nodes.map((node) => {
+      if (typeof node === "string") return document.createTextNode(node);
+      if (!ALLOWED_TAGS.has(node.t)) return document.createTextNode("");
+      const element = document.createElement(node.t);
+      for (const [key, value] of Object.entries(node.a || {})) {
+        if (key === "href" || key === "start") element.setAttribute(key, value);
+      }
+      if (node.t === "a") element.rel = "noopener";
+      element.append(...this.build(node.c || [], commands));
+      if (node.t !== "pre" || node.run == null) return element;
+      element.classList.add("run");
+      const command = commands[node.run];
+      const run = el("button", {type: "button", class: "run-button", text: t("lessons.run"),
+                                title: t("lessons.run_title")});
+      run.addEventListener("click", () => this.sendToTerminal(command));
+      return el("div", {class: "run-block"}, element, run);
+    });
   }
 
   goalResult(index) {
