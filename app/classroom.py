@@ -30,6 +30,7 @@ from flask import (Blueprint, abort, current_app, make_response, redirect, rende
                    request, session, url_for)
 from flask_socketio import join_room
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from . import learn, live
 from .csrf import csrf_token
@@ -47,6 +48,8 @@ CODE_LENGTH = 6
 MAX_NAME = 40
 MAX_MESSAGE = 500
 JOINS_PER_ADDRESS_PER_MINUTE = 20
+CLASSROOMS_PER_ADDRESS_PER_HOUR = 5
+MAX_STUDENTS = 100   # per classroom: each student is a Docker host (the daemon makes 256 at most)
 MiB = 1 << 20
 # The limits an instructor may set, and their defaults (the daemon's own Quota defaults).
 LIMITS = {"containers": (1, 50, 10), "memory_mib": (64, 8192, 1024), "session_minutes": (10, 24 * 60, 180)}
@@ -56,6 +59,15 @@ REGISTRY_USER = re.compile(r"[a-z0-9]+")
 def teaching() -> list[str]:
     ids = session.get("teach")
     return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
+
+
+def remember_teaching(classroom_id: str, key: str) -> None:
+    """This browser teaches the class (the last 8 it was given); the key is kept to show
+    the instructor link on the dashboard."""
+    ids = [i for i in teaching() if i != classroom_id][-7:] + [classroom_id]
+    keys = session.get("teach_keys") if isinstance(session.get("teach_keys"), dict) else {}
+    session["teach"] = ids
+    session["teach_keys"] = {i: k for i, k in {**keys, classroom_id: key}.items() if i in ids}
 
 
 def may_teach(classroom_id: str) -> bool:
@@ -101,12 +113,15 @@ def new_form():
 @bp.post("/classroom/new")
 def create():
     visitor = visitor_id(create=True)
-    name = " ".join(request.form.get("name", "").split())[:80] or "Glassbox class"
+    name = printable(request.form.get("name", ""))[:80] or "Glassbox class"
     try:
         limits = limits_from(request.form)
+        if request.remote_addr not in ("127.0.0.1", "::1"):   # the machine's own user: the operator
+            creations.count(request.remote_addr or "?")
     except ClassroomRefused as e:
+        status = 429 if "too many" in str(e) else 400
         return render_template("classroom_new.html", csrf_token=csrf_token(), limits=LIMITS,
-                               lang=language(), error=str(e)), 400
+                               lang=language(), error=str(e)), status
     key = secrets.token_urlsafe(24)
     with store().session() as db:
         ident = unique(db, lambda: "c" + "".join(secrets.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(6)),
@@ -119,10 +134,21 @@ def create():
         db.add(classroom)
         learner = store().learner(db, visitor)
         enrol(learner, classroom, "teacher", "teacher")
-    session["teach"] = (teaching() + [ident])[-8:]
-    session["teach_key:" + ident] = key   # shown on the dashboard as the instructor link
+    remember_teaching(ident, key)
     apply_host_settings(host_name(visitor))
     return redirect(url_for("classroom.teach", classroom_id=ident))
+
+
+def printable(text: str) -> str:
+    """One line of visible text: control and format characters (ESC, NUL, U+202E …) out,
+    runs of spaces as one."""
+    kept = "".join(c for c in text if unicodedata.category(c)[0] != "C")
+    return " ".join(kept.split())
+
+
+def name_key(name: str) -> str:
+    """What makes two display names the same to a reader: case and width folded."""
+    return unicodedata.normalize("NFKC", name).casefold()
 
 
 def unique(db, make, free):
@@ -145,12 +171,11 @@ def teach(classroom_id: str):
         if key is not None:
             if not classroom.key_matches(key):
                 abort(403, "this instructor link is not right (or is for another classroom)")
-            session["teach"] = (teaching() + [classroom_id])[-8:]
-            session["teach_key:" + classroom_id] = key
+            remember_teaching(classroom_id, key)
             return redirect(url_for("classroom.teach", classroom_id=classroom_id))
         if not may_teach(classroom_id):
             abort(403, "only the classroom's instructor sees this page: open the instructor link")
-        key = session.get("teach_key:" + classroom_id, "")
+        key = (session.get("teach_keys") or {}).get(classroom_id, "")
         link = url_for("classroom.teach", classroom_id=classroom_id, key=key, _external=True) if key else None
         return render_template("classroom_teach.html", classroom=classroom, link=link,
                                join_url=url_for("classroom.join_form", _external=True),
@@ -175,54 +200,77 @@ def watch_page():
 def join_form():
     visitor_id(create=True)
     return render_template("classroom_join.html", csrf_token=csrf_token(), lang=language(),
-                           code=request.args.get("code", ""), name="", error=None)
+                           code=request.args.get("code", ""), name="", error=None, error_key=None)
 
 
-joins_by_address: dict[str, collections.deque] = collections.defaultdict(collections.deque)
-joins_lock = threading.Lock()
+class PerAddress:
+    """At most ``limit`` in any ``window`` seconds per client address."""
+
+    def __init__(self, limit: int, window: float, message: str):
+        self.limit, self.window, self.message = limit, window, message
+        self.times: dict[str, collections.deque] = {}
+        self.lock = threading.Lock()
+
+    def count(self, address: str) -> None:
+        moment = time.monotonic()
+        with self.lock:
+            for other in [a for a, d in self.times.items() if d and moment - d[-1] > self.window]:
+                del self.times[other]       # addresses gone quiet: nothing to remember
+            recent = self.times.setdefault(address, collections.deque())
+            while recent and moment - recent[0] > self.window:
+                recent.popleft()
+            if len(recent) >= self.limit:
+                raise ClassroomRefused(self.message)
+            recent.append(moment)
 
 
-def count_join(address: str) -> None:
-    """Codes are guessable one at a time: a limit per address makes guessing slow."""
-    moment = time.monotonic()
-    with joins_lock:
-        recent = joins_by_address[address]
-        while recent and moment - recent[0] > 60:
-            recent.popleft()
-        if len(recent) >= JOINS_PER_ADDRESS_PER_MINUTE:
-            raise ClassroomRefused("too many tries from your address; wait a minute")
-        recent.append(moment)
+# Codes are guessable one at a time: a limit per address makes guessing slow.
+joins = PerAddress(JOINS_PER_ADDRESS_PER_MINUTE, 60, "too many tries from your address; wait a minute")
+creations = PerAddress(CLASSROOMS_PER_ADDRESS_PER_HOUR, 3600,
+                       "too many classrooms were created from your address in the last hour")
 
 
 @bp.post("/join")
 def join():
     visitor = visitor_id(create=True)
     code = request.form.get("code", "").strip().upper().replace(" ", "").replace("-", "")
-    name = " ".join(request.form.get("name", "").split())
+    raw = request.form.get("name", "")
+    name = printable(raw)
 
-    def refuse(message: str, status: int = 400):
+    def refuse(key: str, message: str, status: int = 400):
+        """The error in English here; the page shows it in the student's language (key)."""
         return render_template("classroom_join.html", csrf_token=csrf_token(), lang=language(),
-                               code=code, name=name, error=message), status
+                               code=code, name=name, error=message, error_key=key), status
     try:
-        count_join(request.remote_addr or "?")
+        joins.count(request.remote_addr or "?")
     except ClassroomRefused as e:
-        return refuse(str(e), 429)
-    if not name or len(name) > MAX_NAME or any(unicodedata.category(c)[0] == "C" for c in name):
-        return refuse(f"type a display name of 1 to {MAX_NAME} characters")
-    with store().session() as db:
-        classroom = db.scalars(select(Classroom).where(Classroom.code == code)).first()
-        if classroom is None or not classroom.open:
-            return refuse("no open classroom has this code: check it with your instructor", 404)
-        taken = db.scalars(select(Learner).where(Learner.classroom_id == classroom.id,
-                                                 Learner.name == name,
-                                                 Learner.visitor != visitor)).first()
-        if taken is not None:
-            return refuse("someone in this classroom already has that name: pick another", 409)
-        learner = store().learner(db, visitor)
-        if learner.classroom_id != classroom.id or learner.registry_user is None:
-            enrol(learner, classroom, name, registry_name(db, classroom.id, name))
-        learner.name = name
-        room = classroom.id
+        return refuse("classroom.join.too_many", str(e), 429)
+    visible = any(unicodedata.category(c)[0] in "LN" and not c.isspace() and c not in "\u3164\u2800"
+                  for c in name)
+    if not visible or len(name) > MAX_NAME or name != " ".join(raw.split()):
+        return refuse("classroom.join.bad_name", f"type a display name of 1 to {MAX_NAME} characters, "
+                      "with a letter or digit and no control characters")
+    try:
+        with store().session() as db:
+            classroom = db.scalars(select(Classroom).where(Classroom.code == code)).first()
+            if classroom is None or not classroom.open:
+                return refuse("classroom.join.no_class",
+                              "no open classroom has this code: check it with your instructor", 404)
+            members = db.scalars(select(Learner).where(Learner.classroom_id == classroom.id,
+                                                       Learner.visitor != visitor)).all()
+            if any(name_key(m.name or "") == name_key(name) for m in members):
+                return refuse("classroom.join.name_taken",
+                              "someone in this classroom already has that name: pick another", 409)
+            if len(members) > MAX_STUDENTS:   # the instructor, and MAX_STUDENTS students
+                return refuse("classroom.join.full", f"this classroom is full ({MAX_STUDENTS} students)", 409)
+            learner = store().learner(db, visitor)
+            if learner.classroom_id != classroom.id or learner.registry_user is None:
+                enrol(learner, classroom, name, registry_name(db, classroom.id, name))
+            learner.name = name
+            room = classroom.id
+    except IntegrityError:   # another join took the same name (or registry name) just now
+        return refuse("classroom.join.name_taken",
+                      "someone in this classroom already has that name: pick another", 409)
     apply_host_settings(host_name(visitor))
     push_row(current_app._get_current_object(), visitor)
     socketio.emit("classroom.changed", {}, to=f"visitor:{host_name(visitor)}")
@@ -259,28 +307,33 @@ def language() -> str:
 
 def host_settings(name: str) -> dict | None:
     """For a host about to be made: a classroom member's quotas and a fresh registry login
-    (its password is stored only as a hash: a new host gets a new one)."""
+    (its password is stored only as a hash: a new host gets a new one). None: not in an
+    open classroom. ``Counted`` False: a student let in by the class's code, whose host the
+    per-address limit doesn't count (a class behind one NAT address); an instructor's is."""
     visitor = name[2:] if name.startswith("v-") else ""
     with store().session() as db:
         learner = db.get(Learner, visitor)
         classroom = db.get(Classroom, learner.classroom_id) if learner and learner.classroom_id else None
-        if classroom is None or not classroom.open or not learner.registry_user:
+        if classroom is None or not learner.registry_user or not classroom.open:
             return None
         password = secrets.token_urlsafe(24)
         learner.registry_password_sha256 = sha256(password)
         registry = current_app.config.get("REGISTRY_ADDRESS") or "127.0.0.1:8000"
         return {"Quota": daemon_quota(classroom.quota),
                 "RegistryAuth": {registry: {"username": f"{classroom.id}/{learner.registry_user}",
-                                            "password": password}}}
+                                            "password": password}},
+                "Counted": learner.registry_user == "teacher"}
 
 
 def apply_host_settings(name: str) -> None:
-    """Gives an existing host its classroom settings (it was made before its visitor joined)."""
-    settings = host_settings(name)
-    if settings is None:
-        return
+    """Gives the visitor's host its classroom settings (made before they joined, or now)."""
     try:
         hosts().get(name, request.remote_addr or "?")
+        # After the get: a host it made has a login already; the one given here replaces
+        # it, and the database keeps the hash of this last one.
+        settings = host_settings(name)
+        if not settings:
+            return
         control = hosts().control
         control.call("PUT", f"/glassbox/hosts/{name}/quota", settings["Quota"])
         control.call("PUT", f"/glassbox/hosts/{name}/registry-auth", settings["RegistryAuth"])
@@ -562,8 +615,9 @@ def end_classroom(app, ident: str) -> None:
             classroom.ended_at = now()
             classroom.presenting = False
             teacher = classroom.teacher
-            names = [host_name(v) for v in db.scalars(select(Learner.visitor).where(Learner.classroom_id == ident))
-                     if v != teacher]
+            names = [host_name(learner.visitor) for learner in
+                     db.scalars(select(Learner).where(Learner.classroom_id == ident))
+                     if learner.visitor != teacher and learner.registry_user != "teacher"]
         drop_watchers(ident)
         socketio.emit("classroom.ended", {}, to=class_room(ident))
         socketio.emit("classroom.updated", {"id": ident, "open": False}, to=teach_room(ident))
@@ -602,6 +656,7 @@ def init_app(app) -> None:
     learn.progress_listeners.append(push_row)
     live.disconnect_listeners.append(on_disconnect)
     live.watch_policy = watched_host
+    live.viewer_disconnect_listeners.append(lambda sid: watching.pop(sid, None))
     app.extensions["registry"].classroom_user = lambda name, password: _in_app(app, registry_user, name, password)
     app.extensions["registry"].classroom_namespace = lambda part: _in_app(app, is_classroom_namespace, part)
     if not app.config.get("TESTING"):

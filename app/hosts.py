@@ -83,11 +83,15 @@ class Hosts:
                                   or self._still_there(name)):
             return Host(name, known)
         existing = self._lookup(name)
+        if existing is not None and known is None:
+            self._settle(name)
         if existing is None:
             if not create:
                 raise HostUnavailable("your Docker host is gone; reload the page for a new one")
-            settings = (self.settings(name) if self.settings else None) or {}
-            if not settings:   # a classroom's students are let in by its code, not counted
+            settings = dict((self.settings(name) if self.settings else None) or {})
+            # A classroom's students were let in by its code (a class may sit behind one
+            # NAT address): they are not counted; everyone else is.
+            if settings.pop("Counted", True):
                 self._count_creation(address)
             try:
                 body = {"Name": name, "IdleTimeout": self.idle_timeout, "Quota": self.quota, **settings}
@@ -102,6 +106,17 @@ class Hosts:
         with self.lock:
             self.sockets[name] = existing
         return Host(name, existing)
+
+    def _settle(self, name: str) -> None:
+        """A host this process did not make (the web app or the whole site restarted; the
+        daemon keeps hosts, not their classroom settings): its settings, given again."""
+        settings = self.settings(name) if self.settings else None
+        for key, path in (("Quota", "quota"), ("RegistryAuth", "registry-auth")):
+            if settings and key in settings:
+                try:
+                    self.control.call("PUT", f"/glassbox/hosts/{name}/{path}", settings[key])
+                except EngineError as e:
+                    log.warning("settings of %s: %s", name, e)
 
     def _still_there(self, name: str) -> bool:
         """A cached host may have been freed for idleness: the touch tells (and counts as

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +27,8 @@ from .socketio import socketio
 
 log = logging.getLogger("glassbox.web")
 
-QUIET = {"cgroup.sampled"}   # samples come every second while a container runs: they change nothing checked
+QUIET = {"cgroup.sampled"}
+MIN_GAP = 0.25   # seconds between two runs of one host's checks   # samples come every second while a container runs: they change nothing checked
 
 
 class Library:
@@ -93,11 +95,41 @@ def visitor_and_host() -> tuple[str, Host]:
     return host.name[2:], host
 
 
+class Bucket:
+    """A student's lesson requests: ``rate`` a second, in bursts of ``burst``. Each one
+    writes a row, updates the dashboard and runs the checks: a flood must not."""
+
+    def __init__(self, rate: float = 5.0, burst: float = 10.0):
+        self.rate, self.burst = rate, burst
+        self.levels: dict[str, tuple[float, float]] = {}   # host -> (tokens, when)
+        self.lock = threading.Lock()
+
+    def take(self, host: str) -> bool:
+        moment = time.monotonic()
+        with self.lock:
+            tokens, when = self.levels.get(host, (self.burst, moment))
+            tokens = min(self.burst, tokens + (moment - when) * self.rate)
+            if tokens < 1:
+                self.levels[host] = (tokens, moment)
+                return False
+            self.levels[host] = (tokens - 1, moment)
+            if len(self.levels) > 4096:   # full buckets hold nothing worth keeping
+                self.levels = {h: v for h, v in self.levels.items()
+                               if v[0] + (moment - v[1]) * self.rate < self.burst}
+            return True
+
+
+requests_of = Bucket()
+
+
 def lesson_errors(handler):
     import functools
 
     @functools.wraps(handler)
     def wrapped(*args):
+        visitor = visitor_id(create=False)
+        if visitor is not None and not requests_of.take(visitor):
+            return {"error": "too many lesson requests at once: slow down"}
         try:
             return handler(*args)
         except LessonRefused as e:
@@ -224,6 +256,7 @@ class Checkers:
         self.lock = threading.Lock()
         self.running: set[str] = set()
         self.again: set[str] = set()
+        self.last_run: dict[str, float] = {}
 
     def on_events(self, host: Host, batch: list[dict]) -> None:
         if any(e["kind"] not in QUIET for e in batch):
@@ -239,6 +272,12 @@ class Checkers:
 
     def _work(self, name: str) -> None:
         while True:
+            # At most one run per host every MIN_GAP seconds: a burst of events (or of a
+            # student's requests) becomes one more run, not one per event.
+            wait = self.last_run.get(name, 0) + MIN_GAP - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self.last_run[name] = time.monotonic()
             try:
                 with self.app.app_context():
                     self.check(name)

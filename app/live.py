@@ -58,7 +58,8 @@ class Relay:
         # Reentrant: dropping a stalled browser runs the disconnect handler, which leaves.
         self.lock = threading.RLock()
         self.members: set[str] = set()
-        self.idle_since: float | None = None
+        # No browser yet (the lessons' checks may make a relay first): idle from the start.
+        self.idle_since: float | None = time.monotonic()
         self.stopped = threading.Event()
         for event in host.client(timeout=30).lines("/glassbox/events?since=0&follow=0"):
             self._keep(event)
@@ -172,8 +173,10 @@ connected: dict[str, str] = {}
 # sid -> the host it watches read-only: a student's window on the instructor's host
 # while the instructor presents (see classroom.py). Its handlers see that host instead.
 viewers: dict[str, str] = {}
-# Called with the visitor's host name when a connection ends (the dashboard's "online").
+# Called with the visitor's host name when a connection ends (the dashboard's "online"),
+# and with the sid when a watching connection ends.
 disconnect_listeners: list = []
+viewer_disconnect_listeners: list = []
 
 
 def own_host(create: bool = False) -> Host:
@@ -261,7 +264,10 @@ def on_disconnect(*_):
     watching = viewers.pop(request.sid, None)
     if name and name in relays.by_host:
         relays.by_host[name].leave(request.sid)
-    if name and not watching:
+    if watching:
+        for listener in viewer_disconnect_listeners:
+            listener(request.sid)
+    elif name:
         for listener in disconnect_listeners:
             listener(name)
 

@@ -23,7 +23,7 @@ from flask_socketio import join_room, leave_room
 
 from .engine_client import EngineError, EngineRefused
 from .hosts import Host
-from .live import CONTAINER, answer_errors, current_host, fields, read_only
+from .live import CONTAINER, answer_errors, current_host, fields, read_only, viewers
 from .socketio import queued, socketio
 
 log = logging.getLogger("glassbox.web")
@@ -103,6 +103,12 @@ class Terminal:
         while True:
             behind = [sid for sid, _ in socketio.server.manager.get_participants("/", self.room)
                       if queued(sid)[1] > MAX_UNREAD]
+            for sid in [sid for sid in behind if sid in viewers]:
+                # Watching the instructor: one student's stalled window must not pause
+                # the terminal the whole class watches.
+                log.info("terminal %s: watcher %s stopped reading: disconnected", self.id, sid)
+                socketio.server.disconnect(sid)
+                behind.remove(sid)
             if not behind or self.closed.is_set():
                 return
             now = time.monotonic()

@@ -115,7 +115,29 @@ def build_parser() -> argparse.ArgumentParser:
     state(host)
     host.add_argument("action", choices=["create", "ls", "rm"])
     host.add_argument("name", nargs="?")
+
+    lessons = sub.add_parser("lessons", help="the lessons: lint them")
+    lessons.add_argument("action", choices=["lint"])
+    lessons.add_argument("directory", nargs="?", help="default: the checkout's lessons/")
     return parser
+
+
+def command_lessons(args) -> int:
+    """``glassbox lessons lint [DIR]``: every problem of every lesson, one per line."""
+    from pathlib import Path
+
+    from app import CHECKOUT, lessons
+    root = Path(args.directory or CHECKOUT / "lessons")
+    if not root.is_dir():
+        print(f"glassbox: {root} is not a directory", file=sys.stderr)
+        return 2
+    problems = lessons.lint(root)
+    for problem in problems:
+        print(problem)
+    found = lessons.read_all(root)[0]
+    print(f"{len(found)} lessons, {sum(len(l.steps) for l in found)} steps; "
+          f"{len(problems)} problem(s)", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def parse_quotas(items: list[str]) -> dict:
@@ -173,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         return command_fsck(args)
     if args.command == "host":
         return command_host(args)
+    if args.command == "lessons":
+        return command_lessons(args)
     if args.command == "terminal":
         return command_terminal(args)
     return 2

@@ -252,3 +252,33 @@ def test_ending_the_class_frees_every_host_and_the_registry_space(web):
     finally:
         ann.close()
         teacher.close()
+
+
+def test_a_restarted_web_app_gives_a_students_host_its_settings_again(web, classroom):
+    """The daemon keeps hosts across a restart, not their classroom settings: the web app
+    that finds a host it did not make gives them again."""
+    from app import create_app
+    from app.hosts import hosts
+    teacher, ident = classroom["teacher"], classroom["id"]
+    ann = join(web, classroom["code"], "ann")
+    classroom["made"].append(ann)
+    teacher.call("classroom.limits", {"classroom": ident, "containers": 3, "memory_mib": 512,
+                                      "session_minutes": 60})
+    web.control("PUT", f"/glassbox/hosts/{ann.host}/quota", {"running_containers": 7})
+    web.control("PUT", f"/glassbox/hosts/{ann.host}/registry-auth", {})
+    described = next(h for h in web.control("GET", "/glassbox/hosts")[1] if h["Name"] == ann.host)
+    assert described["Quota"]["running_containers"] == 7 and not described["RegistryAuth"]
+
+    fresh = create_app({"TESTING": True, "ENGINE_SOCKET": str(web.state / "glassbox.sock"),
+                        "DATABASE_URL": f"sqlite:///{web.state / 'web' / 'glassbox.db'}",
+                        "REGISTRY_ROOT": str(web.state / "registry"),
+                        "REGISTRY_ADDRESS": f"127.0.0.1:{web.port}"})
+    with fresh.app_context():
+        hosts().get(ann.host, "127.0.0.1")
+    described = next(h for h in web.control("GET", "/glassbox/hosts")[1] if h["Name"] == ann.host)
+    assert described["Quota"]["running_containers"] == 3
+    assert described["RegistryAuth"] == [f"127.0.0.1:{web.port}"]
+    registry = f"127.0.0.1:{web.port}"
+    web.docker(ann.host, "tag", "busybox", f"{registry}/{ident}/ann/after:v1")
+    pushed = web.docker(ann.host, "push", f"{registry}/{ident}/ann/after:v1")   # the new login works
+    assert pushed.returncode == 0, pushed.stderr

@@ -25,6 +25,17 @@ def test_every_lesson_passes_the_linter():
     assert lessons.lint(ROOT) == []
 
 
+def test_the_lint_command_names_each_problem(tmp_path):
+    import subprocess
+    import sys
+    glassbox = str(Path(sys.executable).parent / "glassbox")
+    clean = subprocess.run([glassbox, "lessons", "lint"], capture_output=True, text=True, timeout=60)
+    assert clean.returncode == 0 and clean.stdout == "" and "11 lessons" in clean.stderr
+    write_lesson(tmp_path, {**GOOD, "01-a.ko.md": "# 가\n\n글.\n"})
+    bad = subprocess.run([glassbox, "lessons", "lint", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "01-x: step 01: ko.md: needs exactly one '## 힌트' section" in bad.stdout
+
+
 def test_there_is_one_lesson_per_chapter_of_the_article():
     assert sorted(lesson.chapter for lesson in lessons.load(ROOT)) == list(CHAPTERS)
 
