@@ -47,7 +47,7 @@ CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"   # no 0/O, 1/I: read aloud, 
 CODE_LENGTH = 6
 MAX_NAME = 40
 MAX_MESSAGE = 500
-JOINS_PER_ADDRESS_PER_MINUTE = 20
+JOINS_PER_ADDRESS_PER_MINUTE = 20   # wrong codes
 CLASSROOMS_PER_ADDRESS_PER_HOUR = 5
 MAX_STUDENTS = 100   # per classroom: each student is a Docker host (the daemon makes 256 at most)
 MiB = 1 << 20
@@ -211,21 +211,25 @@ class PerAddress:
         self.times: dict[str, collections.deque] = {}
         self.lock = threading.Lock()
 
-    def count(self, address: str) -> None:
+    def count(self, address: str, record: bool = True) -> None:
+        """Raises ClassroomRefused when the address is at its limit; else counts one
+        (``record``) or only looks."""
         moment = time.monotonic()
         with self.lock:
-            for other in [a for a, d in self.times.items() if d and moment - d[-1] > self.window]:
+            for other in [a for a, d in self.times.items() if not d or moment - d[-1] > self.window]:
                 del self.times[other]       # addresses gone quiet: nothing to remember
             recent = self.times.setdefault(address, collections.deque())
             while recent and moment - recent[0] > self.window:
                 recent.popleft()
             if len(recent) >= self.limit:
                 raise ClassroomRefused(self.message)
-            recent.append(moment)
+            if record:
+                recent.append(moment)
 
 
-# Codes are guessable one at a time: a limit per address makes guessing slow.
-joins = PerAddress(JOINS_PER_ADDRESS_PER_MINUTE, 60, "too many tries from your address; wait a minute")
+# Codes are guessable one at a time: a limit on wrong codes per address makes guessing
+# slow. Right codes don't count: a whole class behind one NAT address joins at once.
+wrong_codes = PerAddress(JOINS_PER_ADDRESS_PER_MINUTE, 60, "too many tries from your address; wait a minute")
 creations = PerAddress(CLASSROOMS_PER_ADDRESS_PER_HOUR, 3600,
                        "too many classrooms were created from your address in the last hour")
 
@@ -242,7 +246,7 @@ def join():
         return render_template("classroom_join.html", csrf_token=csrf_token(), lang=language(),
                                code=code, name=name, error=message, error_key=key), status
     try:
-        joins.count(request.remote_addr or "?")
+        wrong_codes.count(request.remote_addr or "?", record=False)
     except ClassroomRefused as e:
         return refuse("classroom.join.too_many", str(e), 429)
     visible = any(unicodedata.category(c)[0] in "LN" and not c.isspace() and c not in "\u3164\u2800"
@@ -254,6 +258,7 @@ def join():
         with store().session() as db:
             classroom = db.scalars(select(Classroom).where(Classroom.code == code)).first()
             if classroom is None or not classroom.open:
+                wrong_codes.count(request.remote_addr or "?")
                 return refuse("classroom.join.no_class",
                               "no open classroom has this code: check it with your instructor", 404)
             members = db.scalars(select(Learner).where(Learner.classroom_id == classroom.id,

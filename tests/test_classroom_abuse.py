@@ -214,3 +214,34 @@ def test_one_address_creates_at_most_five_classrooms_an_hour(web):
             conn.close()
     assert [post_new(f"c{i}") for i in range(5)] == [302] * 5
     assert post_new("one too many") == 429
+
+
+def test_wrong_codes_are_limited_and_right_ones_are_not(web):
+    """A code is guessed one try at a time: 20 wrong codes a minute from one address, then
+    429 even for a right one; while a whole class behind one address joins with the right
+    code as fast as it likes."""
+    import http.client
+    import urllib.parse
+
+    http_new, answer = create_from_fresh_browser(web, "many")
+    code = re.search(r'id="join-code"[^>]*>([A-Z0-9]+)<', http_new.get(web.url + answer.headers["Location"],
+                                                                       timeout=30).text)[1]
+
+    def join(code_typed: str, name: str, source: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30, source_address=(source, 0))
+        try:
+            conn.request("GET", "/join")
+            page = conn.getresponse()
+            cookie = page.getheader("Set-Cookie").split(";")[0]
+            csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.read().decode())[1]
+            conn.request("POST", "/join", body=urllib.parse.urlencode(
+                {"csrf_token": csrf, "code": code_typed, "name": name}),
+                headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"})
+            reply = conn.getresponse()
+            reply.read()
+            return reply.status
+        finally:
+            conn.close()
+    assert [join(code, f"student {i}", "127.0.0.3") for i in range(25)] == [302] * 25
+    assert [join("WRONG1", "x", "127.0.0.4") for _ in range(20)] == [404] * 20
+    assert join(code, "late", "127.0.0.4") == 429
