@@ -111,6 +111,8 @@ def test_the_instructor_presents_and_the_student_watches_read_only(web, people):
     workspace.click(".term-panes .xterm")
     workspace.keyboard.type("echo shown-to-the-class\n")
     frame.locator(".term-panes", has_text="shown-to-the-class").wait_for(timeout=30_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    student.screenshot(path=str(ARTIFACTS / "classroom-student-watching.png"))
     # Keys typed in the watching window go nowhere.
     frame.locator(".term-panes .xterm").click()
     student.keyboard.type("echo from-a-student\n")

@@ -225,31 +225,34 @@ export class Lessons {
   }
 
   // The goal tree as rows of layer boxes, bottom layer first: the same letter
-  // (and colour) in two rows is one shared layer.
+  // (and colour) in two rows is one shared layer; "@image" is all of that image's layers.
   goalGraph(goal, matched) {
     const rows = Object.entries(goal.images || {});
-    const box = 46, gap = 6, labelWidth = 120, rowHeight = 34;
-    const width = labelWidth + 8 * (box + gap) + 30;
-    const drawing = svg("svg", {class: "goal-graph", viewBox: `0 0 ${width} ${rows.length * rowHeight + 6}`,
-                                role: "img", "aria-label": t("lessons.goal_tree")});
+    const letterWidth = 30, baseWidth = 70, gap = 4, rowHeight = 30;
+    const widthOf = (item) => (item.startsWith("@") ? baseWidth : letterWidth);
+    const labelWidth = 8 + 7.2 * Math.max(...rows.map(([tag]) => tag.length), 4);
+    const longest = Math.max(...rows.map(([, chain]) => chain.reduce((sum, item) => sum + widthOf(item) + gap, 0)));
+    const width = labelWidth + longest + 24;
+    const drawing = svg("svg", {class: "goal-graph", viewBox: `0 0 ${width} ${rows.length * rowHeight + 4}`,
+                                width, role: "img", "aria-label": t("lessons.goal_tree")});
     const letters = [...new Set(rows.flatMap(([, chain]) => chain.filter((x) => !x.startsWith("@"))))];
     rows.forEach(([tag, chain], r) => {
-      const y = r * rowHeight + 4;
-      const label = svg("text", {x: 0, y: y + 19, class: "goal-tag"});
+      const y = r * rowHeight + 2;
+      const label = svg("text", {x: 0, y: y + 17, class: "goal-tag"});
       label.textContent = tag;
       drawing.append(label);
-      chain.forEach((item, i) => {
-        const x = labelWidth + i * (box + gap);
+      let x = labelWidth;
+      for (const item of chain) {
         const base = item.startsWith("@");
         const fill = base ? "#9aa3b2" : PALETTE[letters.indexOf(item) % PALETTE.length];
-        drawing.append(svg("rect", {x, y, width: box, height: 26, rx: 5, fill, class: "goal-layer"}));
-        const name = svg("text", {x: x + box / 2, y: y + 17, "text-anchor": "middle", class: "goal-letter"});
+        drawing.append(svg("rect", {x, y, width: widthOf(item), height: 24, rx: 5, fill, class: "goal-layer"}));
+        const name = svg("text", {x: x + widthOf(item) / 2, y: y + 16, "text-anchor": "middle", class: "goal-letter"});
         name.textContent = base ? item.slice(1) : item;
         drawing.append(name);
-      });
+        x += widthOf(item) + gap;
+      }
       if (matched && tag in matched) {
-        const mark = svg("text", {x: labelWidth + chain.length * (box + gap) + 4, y: y + 19,
-                                  class: matched[tag] ? "goal-ok" : "goal-no"});
+        const mark = svg("text", {x: x + 4, y: y + 17, class: matched[tag] ? "goal-ok" : "goal-no"});
         mark.textContent = matched[tag] ? "✓" : "…";
         drawing.append(mark);
       }
