@@ -3,22 +3,17 @@ joins with the code and a name, completes a step, and the instructor's dashboard
 the instructor presents their host and the student watches it, read-only."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401 (fixtures)
-from sandbox.webharness import WebApp
+from tests.test_classroom import web  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(),
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="Debian's chromium is not installed")
 
 
-@pytest.fixture(scope="module")
-def web():
-    app = WebApp("--hosts-per-address", "1000")
-    try:
-        yield app
-    finally:
-        app.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ import time
 import pytest
 import requests
 
-from sandbox.webharness import WebApp, Visitor
+from sandbox.webharness import Visitor, WebApp
+from tests.test_classroom import web  # noqa: F401 (fixture)
 
 
 def token(http, url) -> str:
@@ -40,13 +41,6 @@ def hosts_of(web) -> list[str]:
     return [h["Name"] for h in web.control("GET", "/glassbox/hosts")[1]]
 
 
-@pytest.fixture(scope="module")
-def web():
-    app = WebApp("--hosts-per-address", "1000")
-    try:
-        yield app
-    finally:
-        app.stop()
 
 
 # Was (high): POST /classroom/new makes the instructor's host through Hosts.get, whose

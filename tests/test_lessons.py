@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from app import lessons
-from sandbox.webharness import WebApp
+from tests.test_web import web  # noqa: F401 (fixture: a real glassbox up)
 
 ROOT = Path(__file__).resolve().parent.parent / "lessons"
 CHAPTERS = range(1, 12)   # DESIGN.md's chapter map
@@ -197,15 +197,6 @@ def test_the_goal_tree_says_how_a_tree_differs(images, complaint):
 
 
 # ------------------------------------------------------------------ every lesson, for real
-
-@pytest.fixture(scope="module")
-def web():
-    app = WebApp()
-    try:
-        yield app
-    finally:
-        app.stop()
-
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="needs the docker CLI")
 @pytest.mark.parametrize("lesson", lessons.load(ROOT), ids=lambda lesson: f"{lesson.chapter:02d}-{lesson.id}")

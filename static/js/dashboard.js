@@ -1,6 +1,7 @@
 // The instructor's dashboard: a row per student — lesson, step, how long they
 // have been on it — kept live by the server, and the class's controls.
 import { startPage } from "./classroom_page.js";
+import { el } from "./dom.js";
 import { lang, onLangChange, t } from "./i18n.js";
 
 const $ = (selector) => document.querySelector(selector);
@@ -11,17 +12,6 @@ let classroom = null;
 // Set once the socket exists: the row buttons' actions.
 let sendTo = () => {};
 let resetHost = () => {};
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "text") node.textContent = value;
-    else if (key === "class") node.className = value;
-    else node.setAttribute(key, value);
-  }
-  node.append(...children);
-  return node;
-}
 
 function duration(seconds) {
   if (seconds < 60) return t("classroom.seconds", {n: Math.floor(seconds)});

@@ -2,29 +2,12 @@
 // commands to send to the host terminal, what the checks look for (ticked live
 // as the server runs them against the host), the goal tree, hints.
 // Without a lesson open the page is free play: nothing is checked.
+import { el, svgEl as svg } from "./dom.js";
 import { lang, t } from "./i18n.js";
 
 const PALETTE = ["#2f7de1", "#d9822b", "#2e9e5b", "#b04ac8", "#c83a4a", "#178f9b", "#8a6d1f", "#5b5fc7"];
-const SVG = "http://www.w3.org/2000/svg";
 const ALLOWED_TAGS = new Set(["p", "strong", "em", "s", "code", "pre", "ul", "ol", "li", "blockquote", "a",
   "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td"]);
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "text") node.textContent = value;
-    else if (key === "class") node.className = value;
-    else node.setAttribute(key, value);
-  }
-  node.append(...children);
-  return node;
-}
-
-function svg(tag, attrs = {}) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
-  return node;
-}
 
 export class Lessons {
   constructor({panel, toggle, request, socket, terminals, onError}) {
