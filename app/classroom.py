@@ -114,14 +114,18 @@ def new_form():
 def create():
     visitor = visitor_id(create=True)
     name = printable(request.form.get("name", ""))[:80] or "Glassbox class"
+    def refuse(error: ClassroomRefused, status: int):
+        return render_template("classroom_new.html", csrf_token=csrf_token(), limits=LIMITS,
+                               lang=language(), error=str(error)), status
     try:
         limits = limits_from(request.form)
+    except ClassroomRefused as e:
+        return refuse(e, 400)
+    try:
         if request.remote_addr not in ("127.0.0.1", "::1"):   # the machine's own user: the operator
             creations.count(request.remote_addr or "?")
     except ClassroomRefused as e:
-        status = 429 if "too many" in str(e) else 400
-        return render_template("classroom_new.html", csrf_token=csrf_token(), limits=LIMITS,
-                               lang=language(), error=str(e)), status
+        return refuse(e, 429)
     key = secrets.token_urlsafe(24)
     with store().session() as db:
         ident = unique(db, lambda: "c" + "".join(secrets.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(6)),

@@ -77,6 +77,7 @@ def test_a_student_joins_completes_a_step_and_the_dashboard_shows_it(web, people
     teacher.wait_for_function(
         "() => document.querySelector('#students .student-step').textContent.includes('(1 done)')", timeout=30_000)
     assert "done" in teacher.locator("#students .student-stuck").inner_text()
+    assert "2. A container lives as long as its main process: 1" in teacher.inner_text("#students-summary")
 
     # A hint from the dashboard reaches the student's page.
     teacher.once("dialog", lambda dialog: dialog.accept("look at the Containers tab"))

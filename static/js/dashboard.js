@@ -50,8 +50,32 @@ function renderRow(row) {
   return tr;
 }
 
+// "Lesson 2: 12 · on a step for over 5 min: 3": where the class is, at a glance.
+function summary(rows) {
+  const now = Date.now() / 1000;
+  const byLesson = new Map();
+  for (const row of rows) {
+    const key = row.lesson ? `${row.lesson.chapter}. ${row.lesson.title[lang()] || row.lesson.title.en}` : t("classroom.free_play");
+    byLesson.set(key, (byLesson.get(key) || 0) + 1);
+  }
+  const stuck = rows.filter((row) => row.since && now - row.since > 300).length;
+  const parts = [...byLesson.entries()].map(([name, count]) => t("classroom.teach.in_lesson", {name, count}));
+  parts.push(t("classroom.teach.stuck_count", {count: stuck}));
+  return parts.join(" · ");
+}
+
+function sorted(rows) {
+  const now = Date.now() / 1000;
+  if ($("#students-sort").value === "stuck") {
+    const waited = (row) => (row.since ? now - row.since : -1);
+    return rows.sort((a, b) => waited(b) - waited(a) || a.name.localeCompare(b.name));
+  }
+  return rows.sort((a, b) => a.name.localeCompare(b.name));
+}
+
 function render() {
-  const rows = [...students.values()].sort((a, b) => a.name.localeCompare(b.name));
+  const rows = sorted([...students.values()]);
+  $("#students-summary").textContent = rows.length ? summary(rows) : "";
   $("#students").hidden = rows.length === 0;
   $("#students-empty").hidden = rows.length > 0;
   $("#student-count").textContent = `(${rows.length})`;
@@ -146,6 +170,7 @@ async function main() {
     }
   });
   onLangChange(render);
+  $("#students-sort").addEventListener("change", render);
   setInterval(render, 5000);   // the "for how long" column moves on by itself
   window.glassbox = {socket, students, classroom: () => classroom};
   socket.connect();
