@@ -375,6 +375,16 @@ def become_root() -> None:
 
 # --------------------------------------------------------------------------- PID 1
 
+def host_pid_of_self() -> int | None:
+    """This process's PID as the host numbers it. getpid() says 1 in the new PID
+    namespace; /proc is still the host's here (the container's own is mounted later), and
+    its "self" is named in the host's numbers."""
+    try:
+        return int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        return None
+
+
 def run_init(spec: dict, fds: dict, status: StatusPipe, bpf: bytes) -> None:
     """PID 1 of the container: the runtime's in-namespace steps, then execve."""
     step = "init"
@@ -383,7 +393,7 @@ def run_init(spec: dict, fds: dict, status: StatusPipe, bpf: bytes) -> None:
         status.step("ns.unshared", flags=["CLONE_NEW" + n.upper() for n in
                                           ("ns", "uts", "ipc", "net", "pid", "cgroup")],
                     inodes=linux.namespace_inodes("self"), pid_in_namespace=1,
-                    host_pid=os.getpid())
+                    host_pid=host_pid_of_self())
         step = "mount.private"
         make_mounts_private(status)
         step = "rootfs.bind"

@@ -30,6 +30,10 @@ def test_start_emits_every_step_in_order(run, events, engine):
     assert [k for k in seen if k in steps] == steps
     unshared = next(e for e in events if e.kind == "ns.unshared")
     assert set(unshared.detail["inodes"]) >= {"mnt", "uts", "ipc", "net", "pid", "cgroup", "user"}
+    # PID 1 inside, and the host's number for the same process (the one that runs the program).
+    started = next(e for e in events if e.kind == "process.started")
+    assert unshared.detail["pid_in_namespace"] == 1
+    assert unshared.detail["host_pid"] == started.detail["pid"] != 1
     mapped = next(e for e in events if e.kind == "userns.mapped")
     assert mapped.detail["uid_map"] == "0 100000 65536"
     assert [e.seq for e in events] == sorted(e.seq for e in events)
