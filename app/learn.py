@@ -77,6 +77,9 @@ def values_for(db: Session, learner: Learner, host: str) -> dict[str, str]:
 
 def step_payload(db: Session, learner: Learner, progress: Progress, host: str) -> dict:
     lesson = library().get(progress.lesson)
+    # The lesson may have fewer steps than when this row was written.
+    progress.step = min(progress.step, len(lesson.steps) - 1)
+    progress.done = [i for i in progress.done if i < len(lesson.steps)]
     step = lesson.steps[progress.step]
     values = values_for(db, learner, host)
     goals = [lessons.fill_conditions(c.spec, values) for c in step.checks if c.source == "tree"]
@@ -151,7 +154,9 @@ def list_lessons(message=None):
             listed.append({**lesson.summary_json(),
                            "done": len(row.done) if row else 0,
                            "finished": bool(row and row.finished_at)})
-        return {"lessons": listed, "current": learner.lesson if learner else None}
+        # A lesson that is no longer there (renamed, removed since): back to free play.
+        current = learner.lesson if learner and learner.lesson in library().by_id else None
+        return {"lessons": listed, "current": current}
 
 
 @socketio.on("lesson.open")
@@ -302,7 +307,7 @@ class Checkers:
                 return
             progress = store().progress(db, visitor, learner.lesson)
             lesson = library().by_id.get(learner.lesson)
-            if progress is None or lesson is None:
+            if progress is None or lesson is None or progress.step >= len(lesson.steps):
                 return
             host = hosts().get(name, "-", create=False)
             relay = relays.get(host)

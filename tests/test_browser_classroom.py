@@ -91,18 +91,19 @@ def test_the_instructor_presents_and_the_student_watches_read_only(web, people):
     teacher, student = people(), people()
     code = create_classroom(web, teacher, name="demo")
     dashboard = teacher
-    workspace = teacher.context.new_page()
-    workspace.goto(web.url + "/")
-    workspace.wait_for_selector("#connection[data-state='connected']", timeout=30_000)
-    workspace.wait_for_selector(".term-panes .xterm")
     join(web, student, code, "sam")
 
+    # Presenting before the instructor's own terminal is open: the window waits for it.
     dashboard.click("#present")
     dashboard.wait_for_selector("#present[aria-pressed=true]")
     student.wait_for_selector("#watch-overlay:not([hidden])", timeout=30_000)
     frame = student.frame_locator("#watch-frame")
     frame.locator(".watch-banner").wait_for(timeout=30_000)
-    frame.locator(".term-panes .xterm").wait_for(timeout=30_000)
+    frame.locator(".term-panes", has_text="Waiting for your instructor's terminal").wait_for(timeout=30_000)
+    workspace = teacher.context.new_page()
+    workspace.goto(web.url + "/")
+    workspace.wait_for_selector("#connection[data-state='connected']", timeout=30_000)
+    workspace.wait_for_selector(".term-panes .xterm")
 
     workspace.click(".term-panes .xterm")
     workspace.keyboard.type("echo shown-to-the-class\n")

@@ -282,3 +282,26 @@ def test_a_restarted_web_app_gives_a_students_host_its_settings_again(web, class
     web.docker(ann.host, "tag", "busybox", f"{registry}/{ident}/ann/after:v1")
     pushed = web.docker(ann.host, "push", f"{registry}/{ident}/ann/after:v1")   # the new login works
     assert pushed.returncode == 0, pushed.stderr
+
+
+def test_progress_outlives_a_lesson_that_changed(web):
+    """Progress rows name lessons and steps by id and number: a lesson removed, or one with
+    fewer steps than when the row was written, sends the student back to what exists."""
+    import sqlite3
+    student = web.visitor()
+    try:
+        student.subscribe()
+        visitor = student.host[2:]
+        assert student.call("lesson.open", {"id": "lifecycle"})["step"] == 0
+        database = sqlite3.connect(web.state / "web" / "glassbox.db")
+        with database:
+            database.execute("UPDATE progress SET step = 9, done = '[0, 1, 2, 3, 7, 8]' "
+                             "WHERE visitor = ? AND lesson = 'lifecycle'", (visitor,))
+        shown = student.call("lesson.open", {"id": "lifecycle"})
+        assert shown["step"] == 3 and shown["done"] == [0, 1, 2, 3]
+        with database:
+            database.execute("UPDATE learners SET lesson = 'gone-away' WHERE visitor = ?", (visitor,))
+        database.close()
+        assert student.call("lessons")["current"] is None
+    finally:
+        student.close()

@@ -129,6 +129,12 @@ export class Terminals {
     const key = tab.isHost ? "terminals.exited_host" : "terminals.exited";
     tab.term.write(`\r\n${DIM}${t(key, {code: code == null ? "?" : code})}${RESET}\r\n`);
     this.renderTab(tab);
+    if (this.readOnly && tab.isHost) {
+      // The instructor closed their terminal: show their next one when they open it.
+      this.unbind(tab);
+      tab.waiting = false;
+      setTimeout(() => { if (this.tabs.includes(tab)) this.open(tab, {target: "host", how: "attach"}); }, 2000);
+    }
   }
 
   // The terminals open on this host, as the server sees them: join those we
@@ -344,6 +350,13 @@ export class Terminals {
     if (!this.tabs.includes(tab)) return;  // closed while we waited
     if (payload.id && (answer.error || answer.id !== payload.id)) {
       this.sessionGone(tab, answer);
+    } else if (answer.error && this.readOnly && tab.isHost) {
+      // Watching the instructor, whose terminal isn't open yet: wait for it, quietly.
+      tab.state = "failed";
+      if (!tab.waiting) tab.term.write(`${DIM}${t("terminals.watch_waiting")}${RESET}\r\n`);
+      tab.waiting = true;
+      this.renderTab(tab);
+      setTimeout(() => { if (this.tabs.includes(tab) && tab.state === "failed") this.open(tab, request); }, 3000);
     } else if (answer.error) {
       tab.state = "failed";
       tab.term.write(`\r\n${RED}${t("terminals.open_failed", {error: answer.error})}${RESET}\r\n`
