@@ -28,6 +28,7 @@ def create_app(config: dict | None = None) -> Flask:
         REGISTRY_ROOT=DEFAULT_REGISTRY_ROOT,  # the registry's blobs, repositories, uploads
         REGISTRY_MAX_UPLOAD=2 << 30,          # bytes per blob
         REGISTRY_MAX_TOTAL=20 << 30,          # bytes per classroom (the whole registry without one)
+        REGISTRY_MAX_PER_SPACE=2 << 30,       # bytes per owner (CLASS/student, play/host); None: no limit
         REGISTRY_USERS=None,                  # None: no classroom, open to loopback clients only
         REGISTRY_USERS_FILE=None,             # or the users as a JSON file
         SECRET_KEY=None,                      # signs the visitor's cookie; shared by all web nodes

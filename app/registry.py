@@ -175,7 +175,8 @@ def init_app(app: Flask) -> None:
     config = app.config
     users = load_users(config["REGISTRY_USERS"], config["REGISTRY_USERS_FILE"])
     store = RegistryStore(config["REGISTRY_ROOT"], max_upload=config["REGISTRY_MAX_UPLOAD"],
-                          max_total=config["REGISTRY_MAX_TOTAL"], classrooms=users is not None)
+                          max_total=config["REGISTRY_MAX_TOTAL"], classrooms=users is not None,
+                          max_space=config["REGISTRY_MAX_PER_SPACE"])
     app.extensions["registry"] = RegistryState(store, users)
     app.register_blueprint(bp)
 

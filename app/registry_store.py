@@ -169,7 +169,7 @@ class RegistryStore:
     """
 
     def __init__(self, root: Path | str, *, max_upload: int = 2 * GiB,
-                 max_total: int = 20 * GiB, classrooms: bool = False):
+                 max_total: int = 20 * GiB, classrooms: bool = False, max_space: int | None = None):
         self.root = Path(root)
         self.blobs = self.root / "blobs" / "sha256"
         self.repositories_dir = self.root / "repositories"
@@ -178,6 +178,9 @@ class RegistryStore:
         self.max_upload = max_upload
         self.max_total = max_total
         self.classrooms = classrooms
+        # Bytes one owner's space may hold: the first two components of a repository name
+        # (CLASS/student, play/host), so that one student can't fill what the class shares.
+        self.max_space = max_space
         self._lock = threading.Lock()          # guards the fields below
         self._hashes: dict[str, tuple[int, "hashlib._Hash"]] = {}  # upload id -> (size, sha256 so far)
         self._counters: collections.Counter[str] = collections.Counter()
@@ -251,6 +254,19 @@ class RegistryStore:
 
     def classroom_of(self, name: str) -> str:
         return name.split("/", 1)[0] if self.classrooms else ""
+
+    @staticmethod
+    def space_of(name: str) -> str:
+        return "/".join(name.split("/")[:2])
+
+    def room(self, name: str) -> tuple[int, str]:
+        """Bytes that may still come in for repository ``name``, and which limit that is."""
+        room = self.max_total - self.usage(self.classroom_of(name))
+        if self.max_space is not None:
+            space = self.max_space - self.usage(self.space_of(name))
+            if space < room:
+                return space, "space"
+        return room, "classroom"
 
     # --- blobs ------------------------------------------------------------------------
 
@@ -393,7 +409,7 @@ class RegistryStore:
             raise UploadRangeInvalid(upload, f"this chunk starts at byte {start}, but the upload "
                                      f"holds {upload.size} bytes: send from byte {upload.size}")
         room_in_blob = self.max_upload - upload.size
-        room_in_class = self.max_total - self.usage(self.classroom_of(upload.name))
+        room_in_class, _ = self.room(upload.name)
         if length is not None:
             self._check_limits(upload, length, room_in_blob, room_in_class)
         with self._lock:
@@ -450,10 +466,15 @@ class RegistryStore:
             raise self._full(upload.name)
 
     def _check_room(self, name: str, incoming: int) -> None:
-        if self.usage(self.classroom_of(name)) + incoming > self.max_total:
+        if incoming > self.room(name)[0]:
             raise self._full(name)
 
     def _full(self, name: str) -> RegistryError:
+        if self.room(name)[1] == "space":
+            space = self.space_of(name)
+            return RegistryError(
+                "DENIED", f"{space}/ is full: one space may hold {self.max_space} bytes; delete "
+                "images there before pushing more", {"max_space": self.max_space})
         where = f"classroom {self.classroom_of(name)}" if self.classrooms else "this registry"
         return RegistryError(
             "DENIED", f"{where} is full: it may hold {self.max_total} bytes; delete images "

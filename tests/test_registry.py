@@ -788,6 +788,29 @@ def test_a_full_classroom_refuses_more(tmp_path):
                        headers=auth("zed")).status_code == 201
 
 
+def test_one_student_cant_fill_what_the_class_shares(tmp_path):
+    hashed = hashlib.sha256(b"pw").hexdigest()
+    users = {"ann": {"password": hashed, "role": "student", "classroom": "c1"},
+             "bo": {"password": hashed, "role": "student", "classroom": "c1"}}
+    app = create_app({"REGISTRY_ROOT": str(tmp_path / "registry"), "REGISTRY_MAX_TOTAL": 10_000,
+                      "REGISTRY_MAX_PER_SPACE": 3000, "REGISTRY_USERS": users})
+    client = app.test_client()
+
+    def push(user, repository, data):
+        return client.post(f"/v2/c1/{user}/{repository}/blobs/uploads/?digest={sha256(data)}", data=data,
+                           headers={"Authorization": "Basic " + b64encode(f"{user}:pw".encode()).decode()})
+    assert push("ann", "x", b"a" * 2000).status_code == 201
+    full = push("ann", "y", b"b" * 2000)           # another repository, the same space
+    assert full.status_code == 403
+    assert "c1/ann/ is full: one space may hold 3000 bytes" in full.json["errors"][0]["message"]
+    assert push("bo", "x", b"b" * 2000).status_code == 201   # Bo has his own room
+    # A chunked upload stops at the same limit, and leaves nothing behind.
+    auth = {"Authorization": "Basic " + b64encode(b"ann:pw").decode()}
+    location = client.post("/v2/c1/ann/z/blobs/uploads/", headers=auth).headers.get("Location")
+    assert client.patch(location, data=b"c" * 2000, headers=auth).status_code == 403
+    assert os.listdir(tmp_path / "registry" / "uploads") == []
+
+
 # --- the store on its own -----------------------------------------------------------------------
 
 def test_cleanup_removes_stale_uploads_only(tmp_path):
