@@ -124,11 +124,12 @@ def bench_lessons(students: int = 30, alone: int = 8) -> dict:
         class_group = [Timed(web, code, f"student {i}") for i in range(students)]
         made += class_group
         together = measure(class_group)
+        memory = memory_mb(web)
         evaluation = evaluation_cost(web, made[0].visitor.host)
         alone_figures = {key: percentiles(values) for key, values in one_by_one.items()}
         return {
             "alone": alone_figures, "class": together, "students": students,
-            "evaluation": evaluation,
+            "evaluation": evaluation, "memory_mb": memory,
             "check_p95_ms_alone": alone_figures["check"]["p95_ms"],
             "check_p95_ms_class": together["check"]["p95_ms"],
             "dashboard_p95_ms_class": together["dashboard"]["p95_ms"],
@@ -158,3 +159,28 @@ def evaluation_cost(web: WebApp, host: str) -> dict:
             lessons.evaluate(step, lessons.HostView(client.get_json, events, {"step": 0, "lesson": 0}), values)
             samples.append((time.perf_counter() - t0) * 1000)
     return percentiles(samples)
+
+
+def memory_mb(web: WebApp) -> dict:
+    """Resident memory of the daemon and of the web app (gunicorn's processes), with the
+    class connected: what the whole class costs the machine besides its containers."""
+    import os
+    found = {"daemon": 0.0, "web": 0.0}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                session = int(f.read().rsplit(")", 1)[1].split()[3])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace")
+            # gunicorn runs in a session of its own, named by the port it serves.
+            if session != web.process.pid and not ("gunicorn" in command and f":{web.port} " in command):
+                continue
+            with open(f"/proc/{pid}/status") as f:
+                rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            continue
+        if "gunicorn" in command:
+            found["web"] += rss / 1024
+        elif "glassbox" in command:
+            found["daemon"] += rss / 1024
+    return {key: round(value, 1) for key, value in found.items()}
