@@ -43,3 +43,18 @@ def test_the_lessons_read_in_korean_and_the_switch_changes_them(student):
     page.click(".hint-button")
     assert re.search(r"Click the command", page.inner_text(".hint-list"))
     assert page.errors == []
+
+
+def test_a_several_line_command_with_a_heredoc_runs_as_typed(student):
+    """The build lesson writes its Dockerfile with a heredoc: the lines go to the host
+    terminal one by one, as typed, and the build after them passes the step."""
+    page = student()
+    page.click(".lesson-item[data-lesson='build']")
+    page.wait_for_selector(".step-title")
+    buttons = page.locator(".run-block .run-button")
+    buttons.nth(0).click()
+    page.locator(".term-panes", has_text='CMD ["cat", "/greeting"]').wait_for(timeout=30_000)
+    buttons.nth(1).click()
+    page.wait_for_selector(".step-status.passed", timeout=60_000)
+    assert "Successfully tagged app:v1" in page.inner_text(".term-panes")
+    assert page.errors == []
