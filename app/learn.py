@@ -39,6 +39,7 @@ class Library:
     def __init__(self, root: Path):
         self.root = root
         self.lessons, problems = lessons.read_all(root)
+        self.problems = problems   # shown on /status: what an operator must fix
         for problem in problems:
             log.error("lesson left out: %s", problem)
         self.by_id = {lesson.id: lesson for lesson in self.lessons}

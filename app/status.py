@@ -29,7 +29,24 @@ def index():
         return render_template("status.html", problem="bad answer",
                                socket_path=socket_path, cause=e), 502
     return render_template("status.html", problem=None, socket_path=socket_path,
-                           version=version, info=info, images=images, containers=containers)
+                           version=version, info=info, images=images, containers=containers,
+                           teaching=teaching_figures())
+
+
+def teaching_figures() -> dict:
+    """Counts only (no names, no codes): the lessons loaded, the lessons left out because
+    they don't lint, the open classrooms and their students."""
+    from sqlalchemy import func, select
+
+    from .learn import library, store
+    from .progress import Classroom, Learner
+    with store().session() as db:
+        open_ids = select(Classroom.id).where(Classroom.ended_at.is_(None))
+        classrooms = db.scalar(select(func.count()).select_from(open_ids.subquery()))
+        students = db.scalar(select(func.count()).select_from(Learner).where(
+            Learner.classroom_id.in_(open_ids), Learner.registry_user != "teacher"))
+    return {"lessons": len(library().lessons), "steps": sum(len(l.steps) for l in library().lessons),
+            "left_out": library().problems, "classrooms": classrooms, "students": students}
 
 
 @bp.get("/healthz")

@@ -159,6 +159,27 @@ def test_status_page_shows_engine_cgroup_driver_images_and_containers(client):
     assert "/tmp/glassbox-test-state" in page
 
 
+def test_status_page_counts_lessons_and_open_classrooms_and_names_lessons_left_out(daemon, tmp_path):
+    import shutil
+    from app import CHECKOUT
+    from app.progress import Classroom, Learner
+    lessons = tmp_path / "lessons"
+    shutil.copytree(CHECKOUT / "lessons" / "02-lifecycle", lessons / "02-lifecycle")
+    shutil.copytree(CHECKOUT / "lessons" / "11-storage", lessons / "11-storage")
+    (lessons / "11-storage" / "01-volume.ko.md").unlink()
+    app = create_app({"TESTING": True, "ENGINE_SOCKET": str(daemon.socket_path), "LESSONS_DIR": str(lessons)})
+    with app.app_context():
+        from app.learn import store
+        with store().session() as db:
+            db.add(Classroom(id="cabc", name="x", code="ABCDEF", teacher_key_sha256="0" * 64, quota={}))
+            db.add(Learner(visitor="1" * 16, classroom_id="cabc", name="ann", registry_user="ann"))
+            db.add(Learner(visitor="2" * 16, classroom_id="cabc", name="teacher", registry_user="teacher"))
+    page = app.test_client().get("/status").get_data(as_text=True)
+    assert "1 lessons, 4 steps" in page
+    assert "1, with 1 students" in page
+    assert "11-storage: step 01: missing 01-volume.ko.md" in page
+
+
 def test_status_page_asks_the_daemon_for_every_container_not_only_running_ones(client, daemon):
     client.get("/status")
 
