@@ -332,7 +332,8 @@ class Checkers:
                     progress.finished_at = now()
             message = {"lesson": lesson.id, "step": progress.step, "passed": passed,
                        "done": sorted(progress.done), "finished": progress.finished_at is not None,
-                       "results": [{"ok": r.ok, "label": r.label, "goal": r.goal} for r in results]}
+                       "results": [{"ok": r.ok, "label": r.label, "goal": r.goal, "nodes": r.nodes}
+                                   for r in results]}
         socketio.emit("lesson.checks", message, to=f"visitor:{name}")
         if newly:
             for listener in progress_listeners:

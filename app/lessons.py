@@ -11,6 +11,7 @@ for containers and images, the volume list, the event stream. Nothing here write
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import tomllib
 from pathlib import Path
@@ -529,6 +530,9 @@ class Result:
     label: dict[str, str]
     why: str = ""            # for a failed check: what is missing (English, for tests and logs)
     goal: dict | None = None  # for a tree check: image → matched?
+    # For a tree check: image → the tree node of each item of its goal chain that matched
+    # ("layer:<ChainID>", or None), so the page can show a goal's layer in the student's tree.
+    nodes: dict | None = None
 
 
 def evaluate(step: Step, view: HostView, values: dict[str, str]) -> list[Result]:
@@ -561,15 +565,29 @@ def check_one(check: Check, view: HostView, values: dict[str, str]) -> Result:
 
 def _check_tree(check: Check, view: HostView, values: dict[str, str]) -> Result:
     goal = fill_conditions(check.spec, values)
-    problems, matched = tree_problems(goal, view)
-    return Result(not problems, check.label, "; ".join(problems), matched)
+    nodes: dict[str, list] = {}
+    problems, matched = tree_problems(goal, view, nodes)
+    return Result(not problems, check.label, "; ".join(problems), matched, nodes)
 
 
-def tree_problems(goal: dict, view: HostView) -> tuple[list[str], dict[str, bool]]:
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """A layer's place in the tree: ChainID(L0) = DiffID(L0); ChainID(L0..n) =
+    sha256(ChainID(L0..n-1) + " " + DiffID(Ln)) — as the image tree names its layer nodes."""
+    chain: list[str] = []
+    for diff_id in diff_ids:
+        if chain:
+            diff_id = "sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest()
+        chain.append(diff_id)
+    return chain
+
+
+def tree_problems(goal: dict, view: HostView, nodes: dict | None = None) -> tuple[list[str], dict[str, bool]]:
     """Compares the goal graph with the host's images: layer letters are bound to real
     layers (a layer is its whole chain from the bottom, as a ChainID), one letter to one
-    layer. Returns what differs, and for each goal image whether it matched."""
+    layer. Returns what differs, and for each goal image whether it matched; ``nodes``
+    receives, per goal image, the tree node each goal item stands for (None where unmatched)."""
     problems, matched = [], {}
+    nodes = {} if nodes is None else nodes
     bound: dict[str, tuple] = {}   # letter → chain of DiffIDs up to and including it
     owner: dict[tuple, str] = {}   # that chain → letter
     for tag, chain in goal["images"].items():
@@ -579,8 +597,10 @@ def tree_problems(goal: dict, view: HostView) -> tuple[list[str], dict[str, bool
             matched[tag] = False
             continue
         layers = list(image.get("RootFS", {}).get("Layers") or [])
+        chains = chain_ids(layers)
+        found = nodes.setdefault(tag, [None] * len(chain))
         position, ok = 0, True
-        for item in chain:
+        for index, item in enumerate(chain):
             if item.startswith("@"):
                 base = view.image(item[1:])
                 base_layers = list((base or {}).get("RootFS", {}).get("Layers") or [])
@@ -589,6 +609,8 @@ def tree_problems(goal: dict, view: HostView) -> tuple[list[str], dict[str, bool
                     ok = False
                     break
                 position = len(base_layers)
+                if position:
+                    found[index] = f"layer:{chains[position - 1]}"
                 continue
             if position >= len(layers):
                 problems.append(f"{tag} has {len(layers)} layers, fewer than the goal's")
@@ -601,6 +623,8 @@ def tree_problems(goal: dict, view: HostView) -> tuple[list[str], dict[str, bool
             elif owner.setdefault(key, item) != item:
                 problems.append(f"{tag}: layers {owner[key]} and {item} should differ but are one layer")
                 ok = False
+            else:
+                found[index] = f"layer:{chains[position]}"
             position += 1
         if ok and position != len(layers):
             problems.append(f"{tag} has {len(layers)} layers, more than the goal's {position}")

@@ -58,3 +58,23 @@ def test_a_several_line_command_with_a_heredoc_runs_as_typed(student):
     page.wait_for_selector(".step-status.passed", timeout=60_000)
     assert "Successfully tagged app:v1" in page.inner_text(".term-panes")
     assert page.errors == []
+
+
+def test_a_goal_layer_the_tree_matches_opens_in_the_image_tree(student):
+    """The goal tree's boxes that the student's tree matches are links: the goal's layer
+    "s" is shown, with its details, in the Image tree tab."""
+    page = student()
+    page.click(".lesson-item[data-lesson='tree-share']")
+    page.wait_for_selector(".goal-graph")
+    assert page.locator(".goal-box.linked").count() == 0     # nothing built yet
+    page.click(".run-block .run-button")
+    page.wait_for_selector(".step-status.passed", timeout=60_000)
+    linked = page.locator(".goal-box.linked")
+    assert linked.count() == 2                                # @busybox and s
+    node = linked.nth(1).get_attribute("data-node")
+    assert node.startswith("layer:sha256:")
+    linked.nth(1).click()
+    page.wait_for_selector("#tab-tree[aria-selected=true]")
+    page.wait_for_function("() => !document.querySelector('#tree-details').hidden", timeout=15_000)
+    assert "sshd" in page.inner_text("#tree-details")         # the layer of RUN echo sshd > /sshd.txt
+    assert page.errors == []

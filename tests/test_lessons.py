@@ -175,7 +175,18 @@ GOAL = {"images": {"app:v1": ["@busybox", "a", "b"], "app2:v1": ["@busybox", "a"
 def test_the_goal_tree_matches_whatever_the_digests():
     view = FakeView([image("busybox:latest", "B"), image("app:v1", "B", "x1", "x2"),
                      image("app2:v1", "B", "x1", "y9")])
-    assert lessons.tree_problems(GOAL, view) == ([], {"app:v1": True, "app2:v1": True})
+    nodes = {}
+    assert lessons.tree_problems(GOAL, view, nodes) == ([], {"app:v1": True, "app2:v1": True})
+    # Each goal item names the tree's node for it: the shared "a" is one node in both.
+    chain = lessons.chain_ids(["B", "x1", "x2"])
+    assert nodes["app:v1"] == [f"layer:{chain[0]}", f"layer:{chain[1]}", f"layer:{chain[2]}"]
+    assert nodes["app2:v1"][:2] == nodes["app:v1"][:2] and nodes["app2:v1"][2] != nodes["app:v1"][2]
+
+
+def test_chain_ids_are_the_ones_the_image_store_uses():
+    from sandbox.images import chain_ids
+    diffs = [f"sha256:{c * 64}" for c in "abc"]
+    assert lessons.chain_ids(diffs) == chain_ids(diffs)
 
 
 @pytest.mark.parametrize("images, complaint", [

@@ -116,7 +116,8 @@ async function main() {
   const build = new BuildView({view: $("#build-view"), request, showInTree: (id) => showInTree(id)});
   const hostmap = new HostMap({view: $("#hostmap-view"), request});
   const lessons = watching ? null : new Lessons({panel: $("#lesson-panel"), toggle: $("#lessons-toggle"),
-                                                request, socket, terminals, onError: ackFailed});
+                                                request, socket, terminals, onError: ackFailed,
+                                                showInTree: (id) => showInTree(id)});
   const classroom = watching ? null : new ClassroomBanner({banner: $("#classroom-banner"),
                                                            overlay: $("#watch-overlay"), request, socket,
                                                            showNotice});

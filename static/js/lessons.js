@@ -10,8 +10,9 @@ const ALLOWED_TAGS = new Set(["p", "strong", "em", "s", "code", "pre", "ul", "ol
   "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td"]);
 
 export class Lessons {
-  constructor({panel, toggle, request, socket, terminals, onError}) {
+  constructor({panel, toggle, request, socket, terminals, onError, showInTree}) {
     this.panel = panel;
+    this.showInTree = showInTree;
     this.toggle = toggle;
     this.request = request;
     this.terminals = terminals;
@@ -174,7 +175,10 @@ export class Lessons {
       el("section", {class: "step-checks", "aria-label": t("lessons.goal")},
         el("h4", {text: t("lessons.goal")}), checks, status),
     ];
-    step.goals.forEach((goal, i) => parts.push(this.goalGraph(goal, this.goalResult(i))));
+    step.goals.forEach((goal, i) => {
+      const result = this.goalResult(i);
+      parts.push(this.goalGraph(goal, result && result.goal, result && result.nodes));
+    });
     parts.push(hints, el("footer", {class: "step-footer"}, prev, next));
     this.stepView.replaceChildren(...parts);
   }
@@ -203,13 +207,13 @@ export class Lessons {
 
   goalResult(index) {
     if (!this.results) return null;
-    const trees = this.results.filter((r) => r.goal);
-    return trees[index] ? trees[index].goal : null;
+    return this.results.filter((r) => r.goal)[index] || null;
   }
 
   // The goal tree as rows of layer boxes, bottom layer first: the same letter
   // (and colour) in two rows is one shared layer; "@image" is all of that image's layers.
-  goalGraph(goal, matched) {
+  // A box the student's tree already matches is a link to that layer in the Image tree.
+  goalGraph(goal, matched, nodes) {
     const rows = Object.entries(goal.images || {});
     const letterWidth = 30, baseWidth = 70, gap = 4, rowHeight = 30;
     const widthOf = (item) => (item.startsWith("@") ? baseWidth : letterWidth);
@@ -225,15 +229,30 @@ export class Lessons {
       label.textContent = tag;
       drawing.append(label);
       let x = labelWidth;
-      for (const item of chain) {
+      chain.forEach((item, i) => {
         const base = item.startsWith("@");
         const fill = base ? "#9aa3b2" : PALETTE[letters.indexOf(item) % PALETTE.length];
-        drawing.append(svg("rect", {x, y, width: widthOf(item), height: 24, rx: 5, fill, class: "goal-layer"}));
+        const node = nodes && nodes[tag] ? nodes[tag][i] : null;
+        const box = svg("g", {class: node ? "goal-box linked" : "goal-box"});
+        box.append(svg("rect", {x, y, width: widthOf(item), height: 24, rx: 5, fill, class: "goal-layer"}));
         const name = svg("text", {x: x + widthOf(item) / 2, y: y + 16, "text-anchor": "middle", class: "goal-letter"});
         name.textContent = base ? item.slice(1) : item;
-        drawing.append(name);
+        box.append(name);
+        if (node) {
+          const title = svg("title");
+          title.textContent = t("lessons.goal_show");
+          box.append(title);
+          box.setAttribute("tabindex", "0");
+          box.setAttribute("role", "link");
+          box.setAttribute("aria-label", `${tag}: ${name.textContent} — ${t("lessons.goal_show")}`);
+          box.dataset.node = node;
+          const show = () => this.showInTree(node);
+          box.addEventListener("click", show);
+          box.addEventListener("keydown", (e) => { if (e.key === "Enter") show(); });
+        }
+        drawing.append(box);
         x += widthOf(item) + gap;
-      }
+      });
       if (matched && tag in matched) {
         const mark = svg("text", {x: x + 4, y: y + 17, class: matched[tag] ? "goal-ok" : "goal-no"});
         mark.textContent = matched[tag] ? "✓" : "…";
