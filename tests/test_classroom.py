@@ -305,3 +305,21 @@ def test_progress_outlives_a_lesson_that_changed(web):
         assert student.call("lessons")["current"] is None
     finally:
         student.close()
+
+
+def test_a_class_ends_by_itself_when_its_session_length_runs_out(web):
+    import sqlite3
+    teacher, ident, code, _ = new_classroom(web, name="short session", session_minutes=10)
+    ann = join(web, code, "ann")
+    try:
+        ann.call("classroom.mine")
+        database = sqlite3.connect(web.state / "web" / "glassbox.db")
+        with database:   # as if the ten minutes had gone by
+            database.execute("UPDATE classrooms SET ends_at = '2000-01-01 00:00:00' WHERE id = ?", (ident,))
+        database.close()
+        ann.wait_for(lambda: "classroom.ended" in ann.messages, timeout=40, what="the class to end itself")
+        assert ann.host not in [h["Name"] for h in web.control("GET", "/glassbox/hosts")[1]]
+        assert "has ended" in teacher.call("classroom.message", {"classroom": ident, "text": "x"})["error"]
+    finally:
+        ann.close()
+        teacher.close()
