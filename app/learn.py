@@ -30,6 +30,7 @@ log = logging.getLogger("glassbox.web")
 # Samples come every second while a container runs: they change nothing a check reads.
 QUIET = {"cgroup.sampled"}
 MIN_GAP = 0.1    # seconds between two runs of one host's checks (at most 10 a second)
+QUIET_GAP = 2.0  # seconds between runs that only samples of a running container asked for
 
 
 class Library:
@@ -267,6 +268,10 @@ class Checkers:
 
     def on_events(self, host: Host, batch: list[dict]) -> None:
         if any(e["kind"] not in QUIET for e in batch):
+            self.schedule(host.name)
+        elif time.monotonic() - self.last_run.get(host.name, 0) > QUIET_GAP:
+            # Only samples: a running container may still have changed what a check reads
+            # (a file in a volume) without an event of its own; look now and then.
             self.schedule(host.name)
 
     def schedule(self, name: str) -> None:

@@ -99,8 +99,15 @@ def lint(root: Path) -> list[str]:
 
 def read_all(root: Path) -> tuple[list[Lesson], list[str]]:
     lessons, problems = [], []
-    for directory in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        lesson, found = _read_lesson(directory)
+    try:
+        directories = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        return [], [f"{root}: can't read the lessons: {e.strerror}"]
+    for directory in directories:
+        try:
+            lesson, found = _read_lesson(directory)
+        except (OSError, UnicodeDecodeError) as e:
+            lesson, found = None, [f"can't read it: {e}"]
         problems += [f"{directory.name}: {p}" for p in found]
         if lesson is not None:
             lessons.append(lesson)

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--database-url", default=None,
                     help="SQLAlchemy URL of the progress and classroom database (default: SQLite "
                          "in the state dir; e.g. postgresql://user:pw@db/glassbox)")
+    up.add_argument("--lessons", default=None, metavar="DIR",
+                    help="the lessons to serve (default: the checkout's lessons/); see lessons/README.md")
     up.add_argument("--allowed-origin", action="append", default=[],
                     help="an origin (https://name:port) whose pages may open Socket.IO connections, "
                          "when the site is reached through another name (a proxy); repeatable")
@@ -185,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["GLASSBOX_HOSTS_PER_ADDRESS"] = str(args.hosts_per_address)
         if args.database_url:
             os.environ["GLASSBOX_DATABASE_URL"] = args.database_url
+        if args.lessons:
+            os.environ["GLASSBOX_LESSONS_DIR"] = os.path.abspath(args.lessons)
         return serve(args.state_dir, web=(args.host, args.port))
     if args.command == "bench":
         from sandbox import bench

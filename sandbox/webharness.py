@@ -61,8 +61,9 @@ class WebApp:
             except OSError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
+                log = self.log()   # before stop() removes it
                 self.stop()
-                raise RuntimeError(f"glassbox up did not come up:\n{self.log()}")
+                raise RuntimeError(f"glassbox up did not come up:\n{log}")
             time.sleep(0.1)
 
     def log(self) -> str:

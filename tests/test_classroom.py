@@ -323,3 +323,41 @@ def test_a_class_ends_by_itself_when_its_session_length_runs_out(web):
     finally:
         ann.close()
         teacher.close()
+
+
+def test_a_change_inside_a_running_container_is_checked_without_an_event_of_its_own():
+    """A file that a running container writes into a volume makes no event; the samples of
+    the running container still have the checks look again within seconds. (Served with
+    `glassbox up --lessons DIR`: an operator's own lessons.)"""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    top = Path(tempfile.mkdtemp(prefix="glassbox-test-lessons-"))   # the web app's user reads it
+    top.chmod(0o755)
+    lessons_dir = top / "lessons" / "01-watch"
+    lessons_dir.mkdir(parents=True)
+    (lessons_dir / "lesson.toml").write_text(
+        'id = "watch"\nchapter = 1\ntitle = { en = "W", ko = "감시" }\nsummary = { en = "w", ko = "감시" }\n')
+    (lessons_dir / "01-late.en.md").write_text("# Late\n\nWait.\n\n```run\ndocker ps\n```\n\n## Hints\n- wait\n")
+    (lessons_dir / "01-late.ko.md").write_text("# 늦게\n\n기다리세요.\n\n```run\ndocker ps\n```\n\n## 힌트\n- 기다림\n")
+    (lessons_dir / "01-late.check.toml").write_text(
+        '[[check]]\nvolumes = { "Name" = "late", "Files" = { has = { "Path" = "note.txt" } } }\n'
+        'label = { en = "late holds note.txt", ko = "late에 note.txt가 있음" }\n')
+    for path in (top / "lessons", lessons_dir, *lessons_dir.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    own = WebApp("--lessons", str(top / "lessons"))
+    student = own.visitor()
+    try:
+        student.subscribe()
+        assert [l["id"] for l in student.call("lessons")["lessons"]] == ["watch"]
+        student.call("lesson.open", {"id": "watch"})
+        started = own.docker(student.host, "run", "-d", "--name", "writer", "-v", "late:/data", "busybox",
+                             "sh", "-c", "sleep 3; echo hi > /data/note.txt; sleep 60")
+        assert started.returncode == 0, started.stderr
+        student.wait_for(lambda: any(m["passed"] for m in student.messages.get("lesson.checks", [])),
+                         timeout=20, what="the check to see the file")
+        own.docker(student.host, "rm", "-f", "writer")
+    finally:
+        student.close()
+        own.stop()
+        shutil.rmtree(top, ignore_errors=True)
