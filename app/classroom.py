@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import collections
 import datetime
+import hashlib
+import hmac
 import logging
 import re
 import secrets
@@ -30,7 +32,7 @@ from flask import (Blueprint, abort, current_app, make_response, redirect, rende
                    request, session, url_for)
 from flask_socketio import join_room
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import learn, live
 from .csrf import csrf_token
@@ -314,23 +316,30 @@ def language() -> str:
 
 # ------------------------------------------------------------------ hosts of a classroom
 
+def registry_password(username: str) -> str:
+    """A member's registry password: derived from the site's secret key and their user
+    name, so every web process (and every repeat of a host's settings, however they
+    interleave) gives the same one, and none is stored. Whoever holds the secret key can
+    already sign any cookie; it guards nothing less here."""
+    key = current_app.config["SECRET_KEY"].encode()
+    return hmac.new(key, f"glassbox registry login {username}".encode(), hashlib.sha256).hexdigest()
+
+
 def host_settings(name: str) -> dict | None:
-    """For a host about to be made: a classroom member's quotas and a fresh registry login
-    (its password is stored only as a hash: a new host gets a new one). None: not in an
-    open classroom. ``Counted`` False: a student let in by the class's code, whose host the
-    per-address limit doesn't count (a class behind one NAT address); an instructor's is."""
+    """For a host about to be made: a classroom member's quotas and registry login. None:
+    not in an open classroom. ``Counted`` False: a student let in by the class's code, whose
+    host the per-address limit doesn't count (a class behind one NAT address); an
+    instructor's is."""
     visitor = name[2:] if name.startswith("v-") else ""
     with store().session() as db:
         learner = db.get(Learner, visitor)
         classroom = db.get(Classroom, learner.classroom_id) if learner and learner.classroom_id else None
         if classroom is None or not learner.registry_user or not classroom.open:
             return None
-        password = secrets.token_urlsafe(24)
-        learner.registry_password_sha256 = sha256(password)
+        username = f"{classroom.id}/{learner.registry_user}"
         registry = current_app.config.get("REGISTRY_ADDRESS") or "127.0.0.1:8000"
         return {"Quota": daemon_quota(classroom.quota),
-                "RegistryAuth": {registry: {"username": f"{classroom.id}/{learner.registry_user}",
-                                            "password": password}},
+                "RegistryAuth": {registry: {"username": username, "password": registry_password(username)}},
                 "Counted": learner.registry_user == "teacher"}
 
 
@@ -338,8 +347,6 @@ def apply_host_settings(name: str) -> None:
     """Gives the visitor's host its classroom settings (made before they joined, or now)."""
     try:
         hosts().get(name, request.remote_addr or "?")
-        # After the get: a host it made has a login already; the one given here replaces
-        # it, and the database keeps the hash of this last one.
         settings = host_settings(name)
         if not settings:
             return
@@ -361,12 +368,10 @@ def registry_user(name: str, password: str):
             return None
         learner = db.scalars(select(Learner).where(Learner.classroom_id == classroom_id,
                                                    Learner.registry_user == user)).first()
-        if learner is None or not learner.registry_password_sha256:
-            return None
-        if not secrets.compare_digest(sha256(password), learner.registry_password_sha256):
+        if learner is None or not hmac.compare_digest(password, registry_password(name)):
             return None
         role = "instructor" if user == "teacher" else "student"
-        return User(user, learner.registry_password_sha256, role, classroom_id)
+        return User(user, sha256(password), role, classroom_id)
 
 
 def is_classroom_namespace(component: str) -> bool:
@@ -426,6 +431,9 @@ def classroom_errors(handler):
             return handler(*args)
         except ClassroomRefused as e:
             return {"error": str(e)}
+        except SQLAlchemyError:
+            log.exception("%s: the database", handler.__name__)
+            return {"error": "the classroom's records could not be read or saved just now; try again"}
     return answer_errors(wrapped)
 
 
@@ -531,6 +539,8 @@ def reset_student(message=None):
 
 
 def free_host(name: str) -> None:
+    """The host and what the web app holds for it (terminals, its relay); a host already
+    gone is fine, a daemon that doesn't answer raises EngineError."""
     from .terminals import terminals
     terminals.close_host(name)
     relays.drop(name)
@@ -616,6 +626,8 @@ def end(message=None):
 
 
 def end_classroom(app, ident: str) -> None:
+    """Closes the class (nobody joins it, its logins stop working, its students' pages are
+    told), then frees what it held in the background."""
     with app.app_context():
         with store().session() as db:
             classroom = db.get(Classroom, ident)
@@ -623,22 +635,58 @@ def end_classroom(app, ident: str) -> None:
                 return
             classroom.ended_at = now()
             classroom.presenting = False
-            teacher = classroom.teacher
-            names = [host_name(learner.visitor) for learner in
-                     db.scalars(select(Learner).where(Learner.classroom_id == ident))
-                     if learner.visitor != teacher and learner.registry_user != "teacher"]
         drop_watchers(ident)
         socketio.emit("classroom.ended", {}, to=class_room(ident))
         socketio.emit("classroom.updated", {"id": ident, "open": False}, to=teach_room(ident))
-        for name in names:
-            free_host(name)
-        from .registry import get_store
-        removed = get_store().remove_namespace(ident)
-        log.info("classroom %s ended: %d hosts and %d repositories freed", ident, len(names), removed)
+    socketio.start_background_task(free_classroom, app, ident)
+
+
+def free_classroom(app, ident: str) -> None:
+    """Every student's host, the class's registry space, and the class's settings on the
+    instructors' own hosts (which they keep). Marked done only when all of it went: what
+    failed (a daemon that did not answer in time) is tried again by ``end_overdue``."""
+    with app.app_context():
+        with store().session() as db:
+            classroom = db.get(Classroom, ident)
+            if classroom is None or classroom.freed_at is not None:
+                return
+            members = db.scalars(select(Learner).where(Learner.classroom_id == ident)).all()
+            teachers = {classroom.teacher} | {m.visitor for m in members if m.registry_user == "teacher"}
+            students = [host_name(m.visitor) for m in members if m.visitor not in teachers]
+        complete = True
+        for name in students:
+            try:
+                free_host(name)
+            except EngineError as e:
+                log.warning("classroom %s: freeing %s: %s", ident, name, e)
+                complete = False
+        for visitor in teachers - {None}:
+            name = host_name(visitor)
+            try:   # back to a visitor's host: no class login, the site's quotas
+                hosts().control.call("PUT", f"/glassbox/hosts/{name}/registry-auth", {})
+                hosts().control.call("PUT", f"/glassbox/hosts/{name}/quota", hosts().quota or {})
+            except EngineRefused as e:
+                if e.status != 404:
+                    log.warning("classroom %s: instructor host %s: %s", ident, name, e)
+            except EngineError as e:
+                log.warning("classroom %s: instructor host %s: %s", ident, name, e)
+                complete = False
+        try:
+            from .registry import get_store
+            removed = get_store().remove_namespace(ident)
+        except OSError as e:
+            log.warning("classroom %s: its registry space: %s", ident, e)
+            complete, removed = False, 0
+        if complete:
+            with store().session() as db:
+                db.get(Classroom, ident).freed_at = now()
+        log.info("classroom %s ended: %d hosts and %d repositories freed%s", ident, len(students), removed,
+                 "" if complete else " (not all: tried again later)")
 
 
 def end_overdue(app) -> None:
-    """Ends the classes whose session length has run out (a background loop)."""
+    """Ends the classes whose session length has run out, and finishes freeing the ones
+    that ended without everything freed (a background loop)."""
     while True:
         socketio.sleep(15)
         try:
@@ -646,8 +694,12 @@ def end_overdue(app) -> None:
                 with store().session() as db:
                     overdue = db.scalars(select(Classroom.id).where(Classroom.ended_at.is_(None),
                                                                     Classroom.ends_at < now())).all()
+                    unfreed = db.scalars(select(Classroom.id).where(Classroom.ended_at.is_not(None),
+                                                                    Classroom.freed_at.is_(None))).all()
             for ident in overdue:
                 end_classroom(app, ident)
+            for ident in unfreed:
+                free_classroom(app, ident)
         except Exception:
             log.exception("ending overdue classrooms")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from flask import current_app, request
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import CHECKOUT, lessons
@@ -27,7 +28,8 @@ from .socketio import socketio
 
 log = logging.getLogger("glassbox.web")
 
-# Samples come every second while a container runs: they change nothing a check reads.
+# Samples come twice a second while a container runs: alone, they ask for a run only
+# every QUIET_GAP seconds (a running container may change a file in a volume, say).
 QUIET = {"cgroup.sampled"}
 MIN_GAP = 0.1    # seconds between two runs of one host's checks (at most 10 a second)
 QUIET_GAP = 2.0  # seconds between runs that only samples of a running container asked for
@@ -136,10 +138,20 @@ def lesson_errors(handler):
         visitor = visitor_id(create=False)
         if visitor is not None and not requests_of.take(visitor):
             return {"error": "too many lesson requests at once: slow down"}
-        try:
-            return handler(*args)
-        except LessonRefused as e:
-            return {"error": str(e)}
+        for attempt in (1, 2):
+            try:
+                return handler(*args)
+            except LessonRefused as e:
+                return {"error": str(e)}
+            except IntegrityError:
+                # Two first requests at once both made the student's row; the second,
+                # tried again, finds it.
+                if attempt == 2:
+                    raise
+            except SQLAlchemyError:
+                log.exception("%s: the database", handler.__name__)
+                return {"error": "your progress could not be read or saved just now; try again"}
+        return None
     return answer_errors(wrapped)
 
 
@@ -276,6 +288,9 @@ class Checkers:
 
     def schedule(self, name: str) -> None:
         with self.lock:
+            if len(self.last_run) > 1024:   # hosts long gone need no spacing
+                moment = time.monotonic()
+                self.last_run = {h: t for h, t in self.last_run.items() if moment - t < 60}
             if name in self.running:
                 self.again.add(name)
                 return
@@ -303,39 +318,49 @@ class Checkers:
                 return
 
     def check(self, name: str) -> None:
-        """Runs the checks of the step that host's student is on and tells their page."""
+        """Runs the checks of the step that host's student is on and tells their page.
+
+        Three parts, so that no database session is open while the daemon is asked
+        (an inspect per container) or a relay's lock is taken: read the student's step,
+        evaluate, then record a pass — only if they are still on that step."""
         visitor = name[2:] if name.startswith("v-") else None
         if visitor is None or host_name(visitor) != name:
             return
         with store().session() as db:
             learner = db.get(Learner, visitor)
-            if learner is None or learner.lesson is None:
+            progress = store().progress(db, visitor, learner.lesson) if learner and learner.lesson else None
+            lesson = library().by_id.get(progress.lesson) if progress else None
+            if lesson is None or progress.step >= len(lesson.steps):
                 return
-            progress = store().progress(db, visitor, learner.lesson)
-            lesson = library().by_id.get(learner.lesson)
-            if progress is None or lesson is None or progress.step >= len(lesson.steps):
-                return
-            host = hosts().get(name, "-", create=False)
-            relay = relays.get(host)
-            with relay.lock:
-                events, last_seq = list(relay.recent), relay.last_seq
-            if progress.step_seq > last_seq:   # the host was made anew: its seqs start at 1
+            index, since = progress.step, {"step": progress.step_seq, "lesson": progress.lesson_seq}
+            values = values_for(db, learner, name)
+        host = hosts().get(name, "-", create=False)
+        relay = relays.get(host)
+        with relay.lock:
+            events, last_seq = list(relay.recent), relay.last_seq
+        renewed = since["step"] > last_seq   # the host was made anew: its seqs start at 1 again
+        if renewed:
+            since = {"step": 0, "lesson": 0}
+        try:
+            results = lessons.evaluate(lesson.steps[index], lessons.HostView(host.client().get_json, events, since),
+                                       values)
+        except EngineError as e:
+            log.info("checks of %s: %s", name, e)
+            return
+        passed = all(r.ok for r in results)
+        with store().session() as db:
+            progress = store().progress(db, visitor, lesson.id)
+            learner = db.get(Learner, visitor)
+            if progress is None or learner is None or learner.lesson != lesson.id or progress.step != index:
+                return   # they moved on meanwhile: this answer is about a step no longer shown
+            if renewed:
                 progress.step_seq = progress.lesson_seq = 0
-            step = lesson.steps[progress.step]
-            view = lessons.HostView(host.client().get_json, events,
-                                    {"step": progress.step_seq, "lesson": progress.lesson_seq})
-            try:
-                results = lessons.evaluate(step, view, values_for(db, learner, name))
-            except EngineError as e:
-                log.info("checks of %s: %s", name, e)
-                return
-            passed = all(r.ok for r in results)
-            newly = passed and progress.step not in progress.done
+            newly = passed and index not in progress.done
             if newly:
-                progress.done = sorted({*progress.done, progress.step})
+                progress.done = sorted({*progress.done, index})
                 if len(progress.done) == len(lesson.steps):
                     progress.finished_at = now()
-            message = {"lesson": lesson.id, "step": progress.step, "passed": passed,
+            message = {"lesson": lesson.id, "step": index, "passed": passed,
                        "done": sorted(progress.done), "finished": progress.finished_at is not None,
                        "results": [{"ok": r.ok, "label": r.label, "goal": r.goal, "nodes": r.nodes}
                                    for r in results]}

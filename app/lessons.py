@@ -10,6 +10,7 @@ for containers and images, the volume list, the event stream. Nothing here write
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import re
@@ -295,6 +296,13 @@ def parse_checks(data: dict) -> tuple[list[Check], list[str]]:
     return checks, problems
 
 
+NUMBER = (int, float)
+# What each operator's argument must be (a check with another would fail at run time).
+ARGUMENTS = {"gt": NUMBER, "gte": NUMBER, "lt": NUMBER, "lte": NUMBER, "in": (list,),
+             "matches": (str,), "contains": (str, int, float, bool), "exists": (bool,),
+             "len": (int, dict), "has": (dict, str, int, float, bool)}
+
+
 def _lint_where(conditions: dict, depth: int = 0) -> list[str]:
     problems = []
     for path, condition in conditions.items():
@@ -303,6 +311,10 @@ def _lint_where(conditions: dict, depth: int = 0) -> list[str]:
         unknown = set(condition) - OPERATORS
         if unknown:
             problems.append(f"{path}: unknown operators {sorted(unknown)} (known: {', '.join(sorted(OPERATORS))})")
+        for op, arg in condition.items():
+            wanted = ARGUMENTS.get(op)
+            if wanted and (not isinstance(arg, wanted) or (isinstance(arg, bool) and bool not in wanted)):
+                problems.append(f"{path}: {op} takes {' or '.join(t.__name__ for t in wanted)}, not {arg!r}")
         if "matches" in condition:
             try:
                 re.compile(str(condition["matches"]))
@@ -442,8 +454,10 @@ def lookup(document, path: str):
 
 
 def holds(value, condition) -> bool:
+    if isinstance(condition, list):            # a list is compared whole
+        return value == condition
     if not isinstance(condition, dict):
-        if isinstance(value, list):
+        if isinstance(value, list):            # one of its items
             return condition in value
         return value is not MISSING and value == condition
     return all(_operator(value, op, arg) for op, arg in condition.items())
@@ -524,7 +538,9 @@ class HostView:
 
     def image(self, ref: str) -> dict | None:
         """The image a tag (or id) names, as ``docker inspect`` shows it."""
-        wanted = ref if ":" in ref or ref.startswith("sha256") else f"{ref}:latest"
+        # A tag is after the last "/" (127.0.0.1:8000/ns/app has a port, not a tag).
+        tagged = ":" in ref.rsplit("/", 1)[-1]
+        wanted = ref if tagged or ref.startswith("sha256") else f"{ref}:latest"
         for image in self.images():
             if wanted in (image.get("RepoTags") or []) or image["Id"] == ref:
                 return image
@@ -592,11 +608,16 @@ def tree_problems(goal: dict, view: HostView, nodes: dict | None = None) -> tupl
     """Compares the goal graph with the host's images: layer letters are bound to real
     layers (a layer is its whole chain from the bottom, as a ChainID), one letter to one
     layer. Returns what differs, and for each goal image whether it matched; ``nodes``
-    receives, per goal image, the tree node each goal item stands for (None where unmatched)."""
+    receives, per goal image, the tree node each goal item stands for (None where unmatched).
+
+    Two passes, so that the answer doesn't depend on the order the goal lists its images:
+    first every image's layer for every letter, then a letter holds only where all the
+    images agree on its layer and no other letter has that layer."""
     problems, matched = [], {}
     nodes = {} if nodes is None else nodes
-    bound: dict[str, tuple] = {}   # letter → chain of DiffIDs up to and including it
-    owner: dict[tuple, str] = {}   # that chain → letter
+    placed: dict[str, list] = {}                        # image → per goal item: (key, node) or None
+    keys_of: dict[str, set] = collections.defaultdict(set)     # letter → the layers it landed on
+    letters_of: dict[tuple, set] = collections.defaultdict(set)  # layer → the letters on it
     for tag, chain in goal["images"].items():
         image = view.image(tag)
         if image is None:
@@ -605,7 +626,7 @@ def tree_problems(goal: dict, view: HostView, nodes: dict | None = None) -> tupl
             continue
         layers = list(image.get("RootFS", {}).get("Layers") or [])
         chains = chain_ids(layers)
-        found = nodes.setdefault(tag, [None] * len(chain))
+        items: list = [None] * len(chain)
         position, ok = 0, True
         for index, item in enumerate(chain):
             if item.startswith("@"):
@@ -616,27 +637,39 @@ def tree_problems(goal: dict, view: HostView, nodes: dict | None = None) -> tupl
                     ok = False
                     break
                 position = len(base_layers)
-                if position:
-                    found[index] = f"layer:{chains[position - 1]}"
+                items[index] = ("@", f"layer:{chains[position - 1]}" if position else None)
                 continue
             if position >= len(layers):
                 problems.append(f"{tag} has {len(layers)} layers, fewer than the goal's")
                 ok = False
                 break
             key = tuple(layers[:position + 1])
-            if bound.setdefault(item, key) != key:
-                problems.append(f"layer {item} of {tag} is not the same layer as in the other images")
-                ok = False
-            elif owner.setdefault(key, item) != item:
-                problems.append(f"{tag}: layers {owner[key]} and {item} should differ but are one layer")
-                ok = False
-            else:
-                found[index] = f"layer:{chains[position]}"
+            keys_of[item].add(key)
+            letters_of[key].add(item)
+            items[index] = (key, f"layer:{chains[position]}")
             position += 1
         if ok and position != len(layers):
             problems.append(f"{tag} has {len(layers)} layers, more than the goal's {position}")
             ok = False
+        placed[tag] = items
         matched[tag] = ok
+    for letter, keys in keys_of.items():
+        if len(keys) > 1:
+            problems.append(f"layer {letter} is not one layer in every image that should share it")
+    for key, letters in letters_of.items():
+        if len(letters) > 1:
+            problems.append(f"layers {', '.join(sorted(letters))} should differ but are one layer")
+    for tag, items in placed.items():
+        found = nodes.setdefault(tag, [None] * len(items))
+        for index, (letter, item) in enumerate(zip(goal["images"][tag], items)):
+            if item is None:
+                continue
+            key, node = item
+            agreed = key == "@" or (len(keys_of[letter]) == 1 and len(letters_of[key]) == 1)
+            if agreed:
+                found[index] = node
+            else:
+                matched[tag] = False
     for name, image_ref in goal.get("containers", {}).items():
         image = view.image(image_ref)
         found = [c for c in view.containers() if c.get("Name") == f"/{name}"]

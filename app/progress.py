@@ -45,6 +45,7 @@ class Classroom(Base):
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=now)
     ends_at: Mapped[datetime.datetime | None] = mapped_column(DateTime)
     ended_at: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+    freed_at: Mapped[datetime.datetime | None] = mapped_column(DateTime)   # its hosts and registry space
     quota: Mapped[dict] = mapped_column(JSON, default=dict)        # the daemon's Quota fields
     presenting: Mapped[bool] = mapped_column(default=False)
 
@@ -62,7 +63,6 @@ class Learner(Base):
     classroom_id: Mapped[str | None] = mapped_column(ForeignKey("classrooms.id"), index=True)
     name: Mapped[str | None] = mapped_column(String(40))          # display name in the classroom
     registry_user: Mapped[str | None] = mapped_column(String(40))  # its namespace under the classroom's
-    registry_password_sha256: Mapped[str | None] = mapped_column(String(64))
     lesson: Mapped[str | None] = mapped_column(String(48))         # None: free play
     joined_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=now)
     seen_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=now)
@@ -102,6 +102,7 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        add_new_columns(self.engine)
         self.factory = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -123,6 +124,20 @@ class Store:
     def progress(self, db: Session, visitor: str, lesson: str) -> Progress | None:
         return db.scalars(select(Progress).where(Progress.visitor == visitor,
                                                  Progress.lesson == lesson)).first()
+
+
+def add_new_columns(engine) -> None:
+    """A database made by an older Glassbox: the columns added since (all nullable or with
+    a default) are added to its tables. Nothing is ever dropped or changed."""
+    from sqlalchemy import inspect, text
+    have = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in have.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _sqlite_pragmas(connection, _record) -> None:

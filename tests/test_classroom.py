@@ -52,6 +52,15 @@ def join(web, code, name):
     return student
 
 
+def wait_until(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 @pytest.fixture
 def classroom(web):
     teacher, ident, code, link = new_classroom(web)
@@ -243,9 +252,12 @@ def test_ending_the_class_frees_every_host_and_the_registry_space(web):
         assert f"{ident}/ann/tool" not in catalog   # no login here: the classroom's repositories are hidden
         assert teacher.call("classroom.end", {"classroom": ident}) == {"ended": ident}
         ann.wait_for(lambda: "classroom.ended" in ann.messages, what="the end notice")
-        names = [h["Name"] for h in web.control("GET", "/glassbox/hosts")[1]]
-        assert ann.host not in names and teacher.host in names   # the instructor keeps their own
-        assert not (web.state / "registry" / "repositories" / ident).exists()
+        freed = wait_until(lambda: ann.host not in [h["Name"] for h in web.control("GET", "/glassbox/hosts")[1]]
+                           and not (web.state / "registry" / "repositories" / ident).exists())
+        assert freed, "the class's hosts and registry space were not freed"
+        teacher_host = next(h for h in web.control("GET", "/glassbox/hosts")[1] if h["Name"] == teacher.host)
+        assert teacher_host["RegistryAuth"] == []                 # the instructor keeps their own host,
+        assert teacher_host["Quota"]["running_containers"] == 10  # as a visitor's again
         assert "has ended" in teacher.call("classroom.message", {"classroom": ident, "text": "x"})["error"]
         late = join(web, code, "late")
         assert late.answer.status_code == 404
@@ -270,6 +282,7 @@ def test_a_restarted_web_app_gives_a_students_host_its_settings_again(web, class
     assert described["Quota"]["running_containers"] == 7 and not described["RegistryAuth"]
 
     fresh = create_app({"TESTING": True, "ENGINE_SOCKET": str(web.state / "glassbox.sock"),
+                        "SECRET_KEY": (web.state / "web-secret").read_text().strip(),   # the site's own
                         "DATABASE_URL": f"sqlite:///{web.state / 'web' / 'glassbox.db'}",
                         "REGISTRY_ROOT": str(web.state / "registry"),
                         "REGISTRY_ADDRESS": f"127.0.0.1:{web.port}"})
@@ -318,7 +331,7 @@ def test_a_class_ends_by_itself_when_its_session_length_runs_out(web):
             database.execute("UPDATE classrooms SET ends_at = '2000-01-01 00:00:00' WHERE id = ?", (ident,))
         database.close()
         ann.wait_for(lambda: "classroom.ended" in ann.messages, timeout=40, what="the class to end itself")
-        assert ann.host not in [h["Name"] for h in web.control("GET", "/glassbox/hosts")[1]]
+        assert wait_until(lambda: ann.host not in [h["Name"] for h in web.control("GET", "/glassbox/hosts")[1]])
         assert "has ended" in teacher.call("classroom.message", {"classroom": ident, "text": "x"})["error"]
     finally:
         ann.close()
@@ -361,3 +374,29 @@ def test_a_change_inside_a_running_container_is_checked_without_an_event_of_its_
         student.close()
         own.stop()
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_two_first_opens_at_once_both_get_the_lesson(web):
+    """A first-time visitor with several tabs: requests at the same moment all make the
+    student's rows (one tab's messages are handled in order; several tabs' are not)."""
+    import threading
+    first = web.visitor()
+    tabs = [first] + [web.visitor(cookie=first.cookie) for _ in range(3)]
+    try:
+        for tab in tabs:
+            tab.subscribe()
+        answers = []
+        go = threading.Barrier(len(tabs))
+
+        def open_lesson(tab):
+            go.wait()
+            answers.append(tab.call("lesson.open", {"id": "lifecycle"}))
+        threads = [threading.Thread(target=open_lesson, args=(tab,)) for tab in tabs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [a.get("step") for a in answers] == [0] * len(tabs), answers
+    finally:
+        for tab in tabs:
+            tab.close()

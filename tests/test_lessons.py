@@ -183,6 +183,37 @@ def test_the_goal_tree_matches_whatever_the_digests():
     assert nodes["app2:v1"][:2] == nodes["app:v1"][:2] and nodes["app2:v1"][2] != nodes["app:v1"][2]
 
 
+def test_the_goal_tree_answers_the_same_whatever_order_it_lists_its_images():
+    # app:v1 sits on the wrong layer: both images that should share "s" are marked, not
+    # whichever the goal happened to list first.
+    images = [image("busybox:latest", "B"), image("sshd:v1", "B", "s1"), image("app:v1", "B", "zz", "a1")]
+    for order in (["sshd:v1", "app:v1"], ["app:v1", "sshd:v1"]):
+        goal = {"images": {tag: {"sshd:v1": ["@busybox", "s"], "app:v1": ["@busybox", "s", "a"]}[tag]
+                           for tag in order}}
+        nodes = {}
+        problems, matched = lessons.tree_problems(goal, FakeView(images), nodes)
+        assert matched == {"sshd:v1": False, "app:v1": False}, order
+        assert any("layer s is not one layer" in p for p in problems)
+        assert nodes["sshd:v1"][1] is None and nodes["app:v1"][2] is not None   # "a" alone is fine
+
+
+def test_a_reference_with_a_registry_port_names_the_latest_tag():
+    view = FakeView([image("127.0.0.1:8000/c1/ann/app:latest", "B")])
+    assert view.image("127.0.0.1:8000/c1/ann/app")["Id"] == "sha256:127.0.0.1:8000/c1/ann/app:latest"
+
+
+def test_a_list_is_compared_whole_and_operators_check_their_arguments(tmp_path):
+    doc = {"Config": {"Cmd": ["echo", "hi"]}}
+    assert lessons.matches(doc, {"Config.Cmd": ["echo", "hi"]})
+    assert not lessons.matches(doc, {"Config.Cmd": ["echo"]})
+    assert lessons.matches(doc, {"Config.Cmd": "hi"})            # a plain value: one of its items
+    bad = {**GOOD, "01-a.check.toml": '[[check]]\ncontainers = { "Id" = { in = 3 }, "Name" = { gt = "x" } }\n'
+                                      'label = { en = "a", ko = "가" }\n'}
+    problems = lessons.lint(write_lesson(tmp_path, bad))
+    assert any("in takes list, not 3" in p for p in problems), problems
+    assert any("gt takes int or float, not 'x'" in p for p in problems), problems
+
+
 def test_chain_ids_are_the_ones_the_image_store_uses():
     from sandbox.images import chain_ids
     diffs = [f"sha256:{c * 64}" for c in "abc"]
@@ -193,7 +224,7 @@ def test_chain_ids_are_the_ones_the_image_store_uses():
     ([image("busybox:latest", "B"), image("app:v1", "B", "x1", "x2")], "no image app2:v1"),
     # The middle layers have the same content but sit on different bases: not one layer.
     ([image("busybox:latest", "B"), image("app:v1", "B", "x1", "x2"), image("app2:v1", "B", "z", "x1")],
-     "not the same layer"),
+     "is not one layer in every image"),
     ([image("busybox:latest", "B"), image("app:v1", "B", "x1", "x2"), image("app2:v1", "B", "x1", "x2")],
      "should differ"),
     ([image("busybox:latest", "B"), image("app:v1", "B", "x1", "x2", "x3"), image("app2:v1", "B", "x1", "y")],
