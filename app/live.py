@@ -148,9 +148,18 @@ class Relays:
     def get(self, host: Host) -> Relay:
         with self.lock:
             relay = self.by_host.get(host.name)
-            if relay is None or relay.stopped.is_set():
-                relay = self.by_host[host.name] = Relay(host)
-            return relay
+            if relay is not None and not relay.stopped.is_set():
+                return relay
+        # Made outside the lock: a new relay reads the host's whole event log first, and
+        # one slow host must not hold up every other's.
+        made = Relay(host)
+        with self.lock:
+            relay = self.by_host.get(host.name)
+            if relay is not None and not relay.stopped.is_set():
+                made.stop()   # another thread made one meanwhile
+                return relay
+            self.by_host[host.name] = made
+            return made
 
     def forget_idle(self, after: float = 60.0) -> None:
         now = time.monotonic()

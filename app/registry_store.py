@@ -689,8 +689,9 @@ class RegistryStore:
         return sorted(found)
 
     def usage(self, classroom: str = "") -> int:
-        """Bytes a classroom holds (the whole registry for ""): each blob its repositories
-        link counts once, and so does every upload in progress."""
+        """Bytes held under a namespace — a classroom, an owner's space, "" for the whole
+        registry: each blob its repositories link counts once, and so does every upload
+        in progress into them."""
         digests = set()
         for name in self.repositories(classroom):
             repository = self.repositories_dir / name
@@ -704,7 +705,8 @@ class RegistryStore:
             directory = self.uploads / upload_id
             try:
                 state = json.loads((directory / "state.json").read_bytes())
-                if not classroom or self.classroom_of(state["name"]) == classroom:
+                name = state["name"]
+                if not classroom or name == classroom or name.startswith(classroom + "/"):
                     total += (directory / "data").stat().st_size
             except (FileNotFoundError, ValueError, KeyError):
                 continue

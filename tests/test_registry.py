@@ -804,10 +804,17 @@ def test_one_student_cant_fill_what_the_class_shares(tmp_path):
     assert full.status_code == 403
     assert "c1/ann/ is full: one space may hold 3000 bytes" in full.json["errors"][0]["message"]
     assert push("bo", "x", b"b" * 2000).status_code == 201   # Bo has his own room
+    # Uploads in progress count: two started side by side can't both fill the room.
+    auth_bo = {"Authorization": "Basic " + b64encode(b"bo:pw").decode()}
+    first = client.post("/v2/c1/bo/p/blobs/uploads/", headers=auth_bo).headers["Location"]
+    second = client.post("/v2/c1/bo/q/blobs/uploads/", headers=auth_bo).headers["Location"]
+    assert client.patch(first, data=b"d" * 900, headers=auth_bo).status_code == 202
+    assert client.patch(second, data=b"e" * 900, headers=auth_bo).status_code == 403
     # A chunked upload stops at the same limit, and leaves nothing behind.
     auth = {"Authorization": "Basic " + b64encode(b"ann:pw").decode()}
     location = client.post("/v2/c1/ann/z/blobs/uploads/", headers=auth).headers.get("Location")
     assert client.patch(location, data=b"c" * 2000, headers=auth).status_code == 403
+    client.delete(first, headers=auth_bo)
     assert os.listdir(tmp_path / "registry" / "uploads") == []
 
 

@@ -36,8 +36,7 @@ function renderRow(row) {
       el("span", {class: "visually-hidden", text: row.online ? t("classroom.online") : t("classroom.offline")})),
     el("td", {class: "student-lesson", text: lesson ? `${lesson.chapter}. ${lesson.title[lang()] || lesson.title.en}` : t("classroom.free_play")}),
     el("td", {class: "student-step", text: lesson ? t("classroom.step_of", {n: row.step + 1, total: lesson.steps, done: row.done.length}) : "—"}),
-    el("td", {class: `student-stuck ${row.since ? stuckClass(now - row.since) : ""}`,
-              text: row.since ? duration(now - row.since) : (lesson ? t("classroom.step_done") : "—")}),
+    stuckCell(row, now),
     el("td", {class: "num", text: String(row.hints)}),
     el("td", {class: "num student-finished", text: String(row.finished.length)}));
   const hint = el("button", {type: "button", text: t("classroom.send_hint")});
@@ -71,6 +70,29 @@ function sorted(rows) {
     return rows.sort((a, b) => waited(b) - waited(a) || a.name.localeCompare(b.name));
   }
   return rows.sort((a, b) => a.name.localeCompare(b.name));
+}
+
+function stuckCell(row, now) {
+  const cell = el("td");
+  fillStuck(cell, row, now);
+  return cell;
+}
+
+function fillStuck(cell, row, now) {
+  cell.className = `student-stuck ${row.since ? stuckClass(now - row.since) : ""}`;
+  cell.textContent = row.since ? duration(now - row.since) : (row.lesson ? t("classroom.step_done") : "—");
+}
+
+// Every few seconds the times move on: only those cells change (rebuilding the rows
+// would take the keyboard focus off a button, or a click in flight).
+function tick() {
+  const now = Date.now() / 1000;
+  for (const tr of document.querySelectorAll("#students tbody tr[data-student]")) {
+    const row = students.get(tr.dataset.student);
+    if (row) fillStuck(tr.querySelector(".student-stuck"), row, now);
+  }
+  $("#students-summary").textContent = students.size ? summary([...students.values()]) : "";
+  renderClassroom();
 }
 
 function render() {
@@ -171,7 +193,7 @@ async function main() {
   });
   onLangChange(render);
   $("#students-sort").addEventListener("change", render);
-  setInterval(render, 5000);   // the "for how long" column moves on by itself
+  setInterval(tick, 5000);   // the "for how long" column moves on by itself
   window.glassbox = {socket, students, classroom: () => classroom};
   socket.connect();
 }

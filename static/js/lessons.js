@@ -23,6 +23,9 @@ export class Lessons {
     this.current = null;   // the step payload shown
     this.results = null;   // the last checks of that step
     this.hintsOpen = 0;
+    this.asked = 0;       // open/goto requests sent, and the one whose answer is shown
+    this.shown = 0;
+    this.early = null;
     toggle.addEventListener("click", () => this.setOpen(this.panel.hidden));
     panel.querySelector("#lesson-hide").addEventListener("click", () => this.setOpen(false));
     socket.on("lesson.checks", (message) => this.onChecks(message || {}));
@@ -42,16 +45,33 @@ export class Lessons {
     const answer = await this.request("lessons");
     if (answer.error) return this.onError("lessons", answer.error);
     this.lessons = answer.lessons;
-    if (answer.current) await this.open(answer.current);
-    else this.showList();
+    if (answer.current) {
+      await this.open(answer.current);
+    } else {
+      this.current = null;   // closed meanwhile (another tab, or the lesson is gone)
+      this.results = null;
+      this.showList();
+    }
   }
 
   async open(id) {
-    this.show(await this.request("lesson.open", {id}));
+    this.show(await this.ask("lesson.open", {id}));
   }
 
   async goto(step) {
-    this.show(await this.request("lesson.goto", {id: this.current.lesson.id, step}));
+    this.show(await this.ask("lesson.goto", {id: this.current.lesson.id, step}));
+  }
+
+  // Opening or going to a step starts it again on the server. Only the answer to the
+  // latest of these requests is shown, and only checks that came after it was sent —
+  // which may arrive before the answer itself (they are kept in `early`).
+  async ask(name, payload) {
+    const asked = ++this.asked;
+    this.early = null;
+    const answer = await this.request(name, payload);
+    if (asked !== this.asked) return {stale: true};
+    this.shown = asked;   // show() runs next, before any other message is handled
+    return answer;
   }
 
   async freePlay() {
@@ -64,14 +84,15 @@ export class Lessons {
   }
 
   show(answer) {
+    if (answer.stale) return;
     if (answer.error) return this.onError("lessons", answer.error);
-    const sameStep = this.current && this.current.lesson.id === answer.lesson.id && this.current.step === answer.step;
-    this.current = answer;
-    if (!sameStep) {
-      this.results = null;
-      this.hintsOpen = answer.hints_shown || 0;
-    }
-    this.renderStep();
+    this.current = answer;   // the step began anew: its hints closed, its checks not run yet
+    this.results = null;
+    this.hintsOpen = answer.hints_shown || 0;
+    const early = this.early;
+    this.early = null;
+    if (early && early.lesson === answer.lesson.id && early.step === answer.step) this.onChecks(early);
+    else this.renderStep();
   }
 
   relabel() {
@@ -264,6 +285,10 @@ export class Lessons {
 
   onChecks(message) {
     const step = this.current;
+    if (this.asked !== this.shown) {
+      this.early = message;   // a step is being opened: these may be its first checks
+      return;
+    }
     if (!step || message.lesson !== step.lesson.id || message.step !== step.step) return;
     this.results = message.results;
     step.done = message.done;
