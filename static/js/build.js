@@ -267,9 +267,10 @@ export class BuildView {
       row.dataset.instruction = step.instruction;
       if (step.layer) row.dataset.layer = step.layer;
       if (step.chain) row.dataset.chain = step.chain;
+      // A list item still (the Dockerfile is a list of lines), focusable and chosen with
+      // Enter; the chosen one is the list's current item.
       row.tabIndex = 0;
-      row.setAttribute("role", "button");
-      row.setAttribute("aria-pressed", String(this.selected === step.index));
+      if (this.selected === step.index) row.setAttribute("aria-current", "step");
       if (step.line && step.line <= lines.length) {
         other(next, step.line - 1);
         const own = lines.slice(step.line - 1, step.endLine).join("\n");

@@ -241,8 +241,9 @@ export class Lessons {
     const labelWidth = 8 + 7.2 * Math.max(...rows.map(([tag]) => tag.length), 4);
     const longest = Math.max(...rows.map(([, chain]) => chain.reduce((sum, item) => sum + widthOf(item) + gap, 0)));
     const width = labelWidth + longest + 24;
+    // A group, not an image: its matched boxes are links.
     const drawing = svg("svg", {class: "goal-graph", viewBox: `0 0 ${width} ${rows.length * rowHeight + 4}`,
-                                width, role: "img", "aria-label": t("lessons.goal_tree")});
+                                width, role: "group", "aria-label": t("lessons.goal_tree")});
     const letters = [...new Set(rows.flatMap(([, chain]) => chain.filter((x) => !x.startsWith("@"))))];
     rows.forEach(([tag, chain], r) => {
       const y = r * rowHeight + 2;
