@@ -40,6 +40,7 @@ def create_app(config: dict | None = None) -> Flask:
         DATABASE_URL="sqlite://",             # progress and classrooms (SQLAlchemy URL); `glassbox up`: a file
         LESSONS_DIR=None,                     # None: the checkout's lessons/
         REGISTRY_ADDRESS=None,                # the registry as the daemon reaches it, e.g. 127.0.0.1:8000
+        PUBLIC_URL=None,                      # how students reach the site (shown on the dashboard)
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=7 * 24 * 3600,

@@ -184,8 +184,17 @@ def teach(classroom_id: str):
         key = (session.get("teach_keys") or {}).get(classroom_id, "")
         link = url_for("classroom.teach", classroom_id=classroom_id, key=key, _external=True) if key else None
         return render_template("classroom_teach.html", classroom=classroom, link=link,
-                               join_url=url_for("classroom.join_form", _external=True),
+                               join_url=join_url(), join_link=join_url(classroom.code),
                                csrf_token=csrf_token(), limits=LIMITS, lang=language())
+
+
+def join_url(code: str | None = None) -> str:
+    """Where students join: the site's public address when the operator gave one
+    (``glassbox up --public-url``; the instructor may be looking at it through 127.0.0.1),
+    else the address this page was asked on."""
+    public = current_app.config.get("PUBLIC_URL")
+    path = url_for("classroom.join_form", code=code) if code else url_for("classroom.join_form")
+    return public.rstrip("/") + path if public else url_for("classroom.join_form", code=code, _external=True)
 
 
 @bp.get("/classroom/watch")

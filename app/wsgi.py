@@ -35,6 +35,8 @@ def config_from_environment() -> dict:
         config["ALLOWED_ORIGINS"] = os.environ["GLASSBOX_ALLOWED_ORIGINS"].split(",")
     if os.environ.get("GLASSBOX_HOSTS_PER_ADDRESS"):
         config["HOSTS_PER_ADDRESS_PER_HOUR"] = int(os.environ["GLASSBOX_HOSTS_PER_ADDRESS"])
+    if os.environ.get("GLASSBOX_PUBLIC_URL"):
+        config["PUBLIC_URL"] = os.environ["GLASSBOX_PUBLIC_URL"]
     if os.environ.get("GLASSBOX_LESSONS_DIR"):
         config["LESSONS_DIR"] = os.environ["GLASSBOX_LESSONS_DIR"]
     if os.environ.get("GLASSBOX_DATABASE_URL"):

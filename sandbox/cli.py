@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--database-url", default=None,
                     help="SQLAlchemy URL of the progress and classroom database (default: SQLite "
                          "in the state dir; e.g. postgresql://user:pw@db/glassbox)")
+    up.add_argument("--public-url", default=None, metavar="URL",
+                    help="how students reach the site (e.g. http://10.0.0.5:8000), shown on the "
+                         "instructor's dashboard as the join address")
     up.add_argument("--lessons", default=None, metavar="DIR",
                     help="the lessons to serve (default: the checkout's lessons/); see lessons/README.md")
     up.add_argument("--allowed-origin", action="append", default=[],
@@ -187,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["GLASSBOX_HOSTS_PER_ADDRESS"] = str(args.hosts_per_address)
         if args.database_url:
             os.environ["GLASSBOX_DATABASE_URL"] = args.database_url
+        if args.public_url:
+            os.environ["GLASSBOX_PUBLIC_URL"] = args.public_url
         if args.lessons:
             os.environ["GLASSBOX_LESSONS_DIR"] = os.path.abspath(args.lessons)
         return serve(args.state_dir, web=(args.host, args.port))

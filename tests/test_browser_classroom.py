@@ -46,9 +46,10 @@ def create_classroom(web, teacher, name="Containers, day 1"):
     return teacher.inner_text("#join-code").strip()
 
 
-def join(web, student, code, name):
-    student.goto(web.url + "/join")
-    student.fill("#code", code.lower())
+def join(web, student, code, name, link=None):
+    student.goto(link or web.url + "/join")
+    if not link:
+        student.fill("#code", code.lower())
     student.fill("#display-name", name)
     student.click("button[type=submit]")
     student.wait_for_selector("#connection[data-state='connected']", timeout=30_000)
@@ -91,7 +92,9 @@ def test_the_instructor_presents_and_the_student_watches_read_only(web, people):
     teacher, student = people(), people()
     code = create_classroom(web, teacher, name="demo")
     dashboard = teacher
-    join(web, student, code, "sam")
+    link = teacher.get_attribute("#join-link", "href")
+    assert link == f"{web.url}/join?code={code}"
+    join(web, student, code, "sam", link=link)   # the link has the code in it
 
     # Presenting before the instructor's own terminal is open: the window waits for it.
     dashboard.click("#present")

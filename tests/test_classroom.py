@@ -400,3 +400,13 @@ def test_two_first_opens_at_once_both_get_the_lesson(web):
     finally:
         for tab in tabs:
             tab.close()
+
+
+def test_the_dashboard_shows_the_public_address_when_the_operator_gave_one(web):
+    from app import create_app
+    app = create_app({"TESTING": True, "PUBLIC_URL": "http://10.0.0.5:8000/",
+                      "ENGINE_SOCKET": str(web.state / "glassbox.sock")})
+    with app.test_request_context("/classroom/x/teach", base_url="http://127.0.0.1:8000"):
+        from app.classroom import join_url
+        assert join_url() == "http://10.0.0.5:8000/join"
+        assert join_url("ABCDEF") == "http://10.0.0.5:8000/join?code=ABCDEF"
