@@ -595,7 +595,9 @@ def _check_tree(check: Check, view: HostView, values: dict[str, str]) -> Result:
 
 def chain_ids(diff_ids: list[str]) -> list[str]:
     """A layer's place in the tree: ChainID(L0) = DiffID(L0); ChainID(L0..n) =
-    sha256(ChainID(L0..n-1) + " " + DiffID(Ln)) — as the image tree names its layer nodes."""
+    sha256(ChainID(L0..n-1) + " " + DiffID(Ln)) — as the image tree names its layer nodes.
+    The daemon's own (sandbox/images.py) is not imported: the web tier imports nothing of
+    the daemon's; a test holds the two equal."""
     chain: list[str] = []
     for diff_id in diff_ids:
         if chain:

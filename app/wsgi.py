@@ -19,30 +19,27 @@ def engine_socket_from_environment() -> str:
     return DEFAULT_ENGINE_SOCKET
 
 
+# GLASSBOX_<name> in the environment → the app's setting, read with this function.
+FROM_ENVIRONMENT = {
+    "GLASSBOX_REGISTRY_ROOT": ("REGISTRY_ROOT", str),
+    "GLASSBOX_REGISTRY_USERS_FILE": ("REGISTRY_USERS_FILE", str),
+    "GLASSBOX_REGISTRY_ADDRESS": ("REGISTRY_ADDRESS", str),
+    "GLASSBOX_SECRET_KEY": ("SECRET_KEY", str),
+    "GLASSBOX_IDLE_TIMEOUT": ("HOST_IDLE_TIMEOUT", float),
+    "GLASSBOX_HOST_QUOTA": ("HOST_QUOTA", json.loads),
+    "GLASSBOX_ALLOWED_ORIGINS": ("ALLOWED_ORIGINS", lambda text: text.split(",")),
+    "GLASSBOX_HOSTS_PER_ADDRESS": ("HOSTS_PER_ADDRESS_PER_HOUR", int),
+    "GLASSBOX_PUBLIC_URL": ("PUBLIC_URL", str),
+    "GLASSBOX_LESSONS_DIR": ("LESSONS_DIR", str),
+    "GLASSBOX_DATABASE_URL": ("DATABASE_URL", str),
+}
+
+
 def config_from_environment() -> dict:
     config = {"ENGINE_SOCKET": engine_socket_from_environment()}
-    if os.environ.get("GLASSBOX_REGISTRY_ROOT"):
-        config["REGISTRY_ROOT"] = os.environ["GLASSBOX_REGISTRY_ROOT"]
-    if os.environ.get("GLASSBOX_REGISTRY_USERS_FILE"):
-        config["REGISTRY_USERS_FILE"] = os.environ["GLASSBOX_REGISTRY_USERS_FILE"]
-    if os.environ.get("GLASSBOX_SECRET_KEY"):
-        config["SECRET_KEY"] = os.environ["GLASSBOX_SECRET_KEY"]
-    if os.environ.get("GLASSBOX_IDLE_TIMEOUT"):
-        config["HOST_IDLE_TIMEOUT"] = float(os.environ["GLASSBOX_IDLE_TIMEOUT"])
-    if os.environ.get("GLASSBOX_HOST_QUOTA"):
-        config["HOST_QUOTA"] = json.loads(os.environ["GLASSBOX_HOST_QUOTA"])
-    if os.environ.get("GLASSBOX_ALLOWED_ORIGINS"):
-        config["ALLOWED_ORIGINS"] = os.environ["GLASSBOX_ALLOWED_ORIGINS"].split(",")
-    if os.environ.get("GLASSBOX_HOSTS_PER_ADDRESS"):
-        config["HOSTS_PER_ADDRESS_PER_HOUR"] = int(os.environ["GLASSBOX_HOSTS_PER_ADDRESS"])
-    if os.environ.get("GLASSBOX_PUBLIC_URL"):
-        config["PUBLIC_URL"] = os.environ["GLASSBOX_PUBLIC_URL"]
-    if os.environ.get("GLASSBOX_LESSONS_DIR"):
-        config["LESSONS_DIR"] = os.environ["GLASSBOX_LESSONS_DIR"]
-    if os.environ.get("GLASSBOX_DATABASE_URL"):
-        config["DATABASE_URL"] = os.environ["GLASSBOX_DATABASE_URL"]
-    if os.environ.get("GLASSBOX_REGISTRY_ADDRESS"):
-        config["REGISTRY_ADDRESS"] = os.environ["GLASSBOX_REGISTRY_ADDRESS"]
+    for variable, (setting, read) in FROM_ENVIRONMENT.items():
+        if os.environ.get(variable):
+            config[setting] = read(os.environ[variable])
     return config
 
 
