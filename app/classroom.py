@@ -530,6 +530,19 @@ def message_students(message=None):
     return {"sent": learner.name}
 
 
+@socketio.on("classroom.assign")
+@classroom_errors
+def assign(message=None):
+    """"Everyone, open chapter 3": every student's page opens that lesson (where each of
+    them left it, if they were in it before)."""
+    ident, message = taught(message)
+    lesson = learn.library().by_id.get(message.get("lesson")) if isinstance(message.get("lesson"), str) else None
+    if lesson is None:
+        raise ClassroomRefused("no such lesson")
+    socketio.emit("classroom.lesson", {"lesson": lesson.id, "title": lesson.title}, to=class_room(ident))
+    return {"assigned": lesson.id}
+
+
 @socketio.on("classroom.reset")
 @classroom_errors
 def reset_student(message=None):

@@ -80,6 +80,12 @@ def test_a_student_joins_completes_a_step_and_the_dashboard_shows_it(web, people
     assert "done" in teacher.locator("#students .student-stuck").inner_text()
     assert "2. A container lives as long as its main process: 1" in teacher.inner_text("#students-summary")
 
+    # "Everyone, open chapter 4": the student's page opens it.
+    teacher.select_option("#assign-lesson", "tree-share")
+    teacher.click("#assign button[type=submit]")
+    student.wait_for_function("() => document.querySelector('.lesson-title').textContent.startsWith('4.')")
+    assert "opened the lesson" in student.inner_text("#notice")
+
     # A hint from the dashboard reaches the student's page.
     teacher.once("dialog", lambda dialog: dialog.accept("look at the Containers tab"))
     row.locator("button", has_text="Hint").click()

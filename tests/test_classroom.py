@@ -123,12 +123,18 @@ def test_hints_and_messages_reach_one_student_or_everyone(web, classroom):
     assert teacher.call("classroom.message", {"classroom": ident, "text": " "})["error"]
     assert "no such student" in teacher.call("classroom.message", {"classroom": ident, "to": "0" * 16,
                                                                    "text": "x"})["error"]
+    # "Everyone, open this lesson" reaches every student's page.
+    assert teacher.call("classroom.assign", {"classroom": ident, "lesson": "storage"}) == {"assigned": "storage"}
+    bo.wait_for(lambda: bo.messages.get("classroom.lesson"), what="the lesson for everyone")
+    assert bo.messages["classroom.lesson"][0]["lesson"] == "storage"
+    assert "no such lesson" in teacher.call("classroom.assign", {"classroom": ident, "lesson": "x"})["error"]
 
 
 def test_only_the_instructor_may_run_the_class(web, classroom):
     ann = join(web, classroom["code"], "ann")
     classroom["made"].append(ann)
-    for action in ("classroom.watch", "classroom.end", "classroom.reset", "classroom.present"):
+    for action in ("classroom.watch", "classroom.end", "classroom.reset", "classroom.present",
+                   "classroom.assign", "classroom.limits", "classroom.message"):
         assert "only the classroom's instructor" in ann.call(action, {"classroom": classroom["id"]})["error"]
     stranger = web.visitor(connect=False)
     assert stranger.http.get(f"{web.url}/classroom/{classroom['id']}/teach", timeout=30).status_code == 403

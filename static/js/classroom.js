@@ -2,10 +2,10 @@
 // in, their instructor's hints and messages, and — while the instructor
 // presents — a window on the instructor's host (the page in watch mode, in
 // an iframe over this one).
-import { t } from "./i18n.js";
+import { lang, t } from "./i18n.js";
 
 export class ClassroomBanner {
-  constructor({banner, overlay, request, socket, showNotice}) {
+  constructor({banner, overlay, request, socket, showNotice, openLesson}) {
     this.banner = banner;
     this.overlay = overlay;
     this.frame = overlay.querySelector("#watch-frame");
@@ -34,6 +34,11 @@ export class ClassroomBanner {
       setTimeout(() => window.location.reload(), 4000);
     });
     socket.on("classroom.changed", () => this.refresh());
+    socket.on("classroom.lesson", (m) => {
+      if (!m || !m.lesson || (this.mine && this.mine.teacher)) return;
+      this.showNotice("message", t("classroom.lesson_opened", {title: m.title[lang()] || m.title.en}));
+      openLesson(m.lesson);
+    });
   }
 
   async refresh() {

@@ -95,6 +95,14 @@ function tick() {
   renderClassroom();
 }
 
+function fillLessons() {
+  const select = $("#assign-lesson");
+  const chosen = select.value;
+  select.replaceChildren(...lessons.map((lesson) => el("option", {value: lesson.id,
+    text: `${lesson.chapter}. ${lesson.title[lang()] || lesson.title.en}`})));
+  if (chosen) select.value = chosen;
+}
+
 function render() {
   const rows = sorted([...students.values()]);
   $("#students-summary").textContent = rows.length ? summary(rows) : "";
@@ -146,6 +154,7 @@ async function main() {
     if (answer.error) return say(answer);
     classroom = answer.classroom;
     lessons = answer.lessons;
+    fillLessons();
     students.clear();
     for (const row of answer.students) students.set(row.id, row);
     render();
@@ -181,6 +190,10 @@ async function main() {
     const answer = say(await request("classroom.message", {text: input.value, kind: "message"}));
     if (!answer.error) input.value = "";
   });
+  $("#assign").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    say(await request("classroom.assign", {lesson: $("#assign-lesson").value}));
+  });
   $("#limits").addEventListener("submit", async (e) => {
     e.preventDefault();
     const form = new FormData(e.target);
@@ -191,7 +204,10 @@ async function main() {
       render();
     }
   });
-  onLangChange(render);
+  onLangChange(() => {
+    fillLessons();
+    render();
+  });
   $("#students-sort").addEventListener("change", render);
   setInterval(tick, 5000);   // the "for how long" column moves on by itself
   window.glassbox = {socket, students, classroom: () => classroom};

@@ -120,7 +120,7 @@ async function main() {
                                                 showInTree: (id) => showInTree(id)});
   const classroom = watching ? null : new ClassroomBanner({banner: $("#classroom-banner"),
                                                            overlay: $("#watch-overlay"), request, socket,
-                                                           showNotice});
+                                                           showNotice, openLesson: (id) => lessons.assigned(id)});
 
   // ---------------------------------------------------------------- connection
   let connection = "connecting";

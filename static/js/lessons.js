@@ -54,6 +54,12 @@ export class Lessons {
     }
   }
 
+  // The instructor asked the class to open a lesson: open it (unless it is open already).
+  async assigned(id) {
+    this.setOpen(true);
+    if (!this.current || this.current.lesson.id !== id) await this.open(id);
+  }
+
   async open(id) {
     this.show(await this.ask("lesson.open", {id}));
   }
