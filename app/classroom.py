@@ -405,6 +405,7 @@ def student_row(db, learner: Learner) -> dict:
             "step": progress.step if progress else None,
             "done": sorted(progress.done) if progress else [],
             "hints": progress.hints if progress else 0,
+            "checks": (progress.checks or []) if progress else [],
             "since": stuck, "finished": sorted(p.lesson for p in finished)}
 
 

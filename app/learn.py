@@ -221,6 +221,7 @@ def goto_step(message=None):
         progress.step_seq = last_seq
         progress.step_started_at = now()
         progress.hints = 0
+        progress.checks = None
         payload = step_payload(db, learner, progress, host.name)
     checkers().schedule(host.name)
     changed(visitor)
@@ -360,12 +361,16 @@ class Checkers:
                 progress.done = sorted({*progress.done, index})
                 if len(progress.done) == len(lesson.steps):
                     progress.finished_at = now()
+            # What the dashboard shows of a student on a step: which checks hold yet.
+            seen = [{"ok": r.ok, "label": r.label} for r in results]
+            changed = newly or progress.checks != seen
+            progress.checks = seen
             message = {"lesson": lesson.id, "step": index, "passed": passed,
                        "done": sorted(progress.done), "finished": progress.finished_at is not None,
                        "results": [{"ok": r.ok, "label": r.label, "goal": r.goal, "nodes": r.nodes}
                                    for r in results]}
         socketio.emit("lesson.checks", message, to=f"visitor:{name}")
-        if newly:
+        if changed:
             for listener in progress_listeners:
                 listener(self.app, visitor)
 

@@ -80,6 +80,7 @@ class Progress(Base):
     step_seq: Mapped[int] = mapped_column(default=0)         # the host's last event seq when it began
     lesson_seq: Mapped[int] = mapped_column(default=0)
     hints: Mapped[int] = mapped_column(default=0)            # hints shown on this step
+    checks: Mapped[list | None] = mapped_column(JSON)        # the step's last checks: [{ok, label}]
     finished_at: Mapped[datetime.datetime | None] = mapped_column(DateTime)
     __table_args__ = (UniqueConstraint("visitor", "lesson"),)
 

@@ -73,11 +73,13 @@ def test_a_student_joins_completes_a_step_and_the_dashboard_shows_it(web, people
     teacher.wait_for_function(
         "() => document.querySelector('#students .student-lesson').textContent.includes('A container lives')")
     assert teacher.locator("#students .student-step").inner_text().startswith("1 of 4")
+    teacher.wait_for_selector("#students .student-checks .mark")   # the step's checks, none yet
     student.click(".run-block .run-button")
     student.wait_for_selector(".step-status.passed", timeout=30_000)
     teacher.wait_for_function(
         "() => document.querySelector('#students .student-step').textContent.includes('(1 done)')", timeout=30_000)
     assert "done" in teacher.locator("#students .student-stuck").inner_text()
+    assert teacher.locator("#students .student-checks .mark.ok").count() == 2
     assert "2. A container lives as long as its main process: 1" in teacher.inner_text("#students-summary")
 
     # "Everyone, open chapter 4": the student's page opens it.

@@ -92,14 +92,17 @@ def test_a_student_joins_with_the_code_and_the_dashboard_follows_their_progress(
     step = ann.call("lesson.open", {"id": "lifecycle"})
     assert step["step"] == 0
     row = teacher.wait_for(lambda: [m for m in teacher.messages.get("classroom.student", [])
-                                    if m["lesson"] and m["since"]], what="Ann on a step")[-1]
+                                    if m["lesson"] and m["since"] and m["checks"]], what="Ann on a step")[-1]
     assert row["lesson"]["id"] == "lifecycle" and row["step"] == 0 and row["done"] == []
     assert time.time() - row["since"] < 60
+    # Which of the step's checks hold yet: where she is stuck.
+    assert [c["ok"] for c in row["checks"]] == [False, False]
+    assert row["checks"][0]["label"]["en"] == "the main process of hello exited with code 0"
 
     assert web.docker(ann.host, "run", "--name", "hello", "busybox", "echo", "hi").returncode == 0
     row = teacher.wait_for(lambda: [m for m in teacher.messages.get("classroom.student", [])
                                     if m["done"] == [0]], what="Ann's step done on the dashboard")[-1]
-    assert row["since"] is None
+    assert row["since"] is None and [c["ok"] for c in row["checks"]] == [True, True]
 
     again = teacher.call("classroom.watch", {"classroom": ident})
     assert [s["name"] for s in again["students"]] == ["Ann Lee"]

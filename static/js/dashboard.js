@@ -35,7 +35,9 @@ function renderRow(row) {
       el("span", {class: "student-name", text: row.name}),
       el("span", {class: "visually-hidden", text: row.online ? t("classroom.online") : t("classroom.offline")})),
     el("td", {class: "student-lesson", text: lesson ? `${lesson.chapter}. ${lesson.title[lang()] || lesson.title.en}` : t("classroom.free_play")}),
-    el("td", {class: "student-step", text: lesson ? t("classroom.step_of", {n: row.step + 1, total: lesson.steps, done: row.done.length}) : "—"}),
+    el("td", {class: "student-step"},
+      lesson ? t("classroom.step_of", {n: row.step + 1, total: lesson.steps, done: row.done.length}) : "—",
+      checkMarks(row)),
     stuckCell(row, now),
     el("td", {class: "num", text: String(row.hints)}),
     el("td", {class: "num student-finished", text: String(row.finished.length)}));
@@ -70,6 +72,19 @@ function sorted(rows) {
     return rows.sort((a, b) => waited(b) - waited(a) || a.name.localeCompare(b.name));
   }
   return rows.sort((a, b) => a.name.localeCompare(b.name));
+}
+
+// The step's checks as marks, ✓ or ○, each with what it looks for: where a stuck
+// student is stuck.
+function checkMarks(row) {
+  const marks = el("span", {class: "student-checks"});
+  for (const check of row.checks || []) {
+    const label = check.label[lang()] || check.label.en;
+    marks.append(el("span", {class: check.ok ? "mark ok" : "mark", title: label, "aria-hidden": "true",
+                             text: check.ok ? "✓" : "○"}),
+                 el("span", {class: "visually-hidden", text: `${check.ok ? "✓" : "○"} ${label}`}));
+  }
+  return marks;
 }
 
 function stuckCell(row, now) {
