@@ -90,8 +90,11 @@ class ImageRoutes:
             raise ApiError(409, f"conflict: {exc}") from None
         answer = [{"Untagged": n} for n in result["untagged"]]
         answer += [{"Deleted": d} for d in result["deleted"]]
-        # The layers nothing uses any more went with it, as dockerd lists them.
-        answer += [{"Deleted": chain} for chain in result.get("collected", {}).get("layers", [])]
+        # The layers nothing uses any more went with it, as dockerd lists them — only when
+        # an image went: an untag that deletes nothing reports nothing the collection took
+        # from elsewhere (say, the layers a --no-cache rebuild left unused).
+        if result["deleted"]:
+            answer += [{"Deleted": chain} for chain in result.get("collected", {}).get("layers", [])]
         self.send_json(200, answer)
 
     @route("POST", r"/images/prune")

@@ -76,10 +76,17 @@ def context(daemon) -> Path:
 
 
 @pytest.fixture(scope="module")
-def app(daemon, context) -> str:
+def built(daemon, context) -> None:
     """app:v1, built once through the CLI: busybox + the RUN layer + the COPY layer."""
     daemon.ok("build", "-t", "app:v1", "-f", context / "F", "--build-arg", "A=b", "--target", "base",
               "--no-cache", context)
+
+
+@pytest.fixture
+def app(daemon, built) -> str:
+    """app:v1's id as it is now: a test that builds it again with --no-cache makes a new
+    image (its config has a new creation time once a second has passed), which later
+    cached builds give back."""
     return image_ids(daemon)["app:v1"]
 
 
@@ -197,6 +204,22 @@ def test_history_lists_each_step_newest_first_with_its_layer_size(docker, app):
     assert sizes[:4] == [("CMD", 0), ("COPY", len("hi\n")), ("/bin/sh", len("arg is b\n")), ("ARG", 0)]
     assert history[0]["Id"] == app and history[0]["Tags"] == ["app:v1"]
     assert history[-1]["Size"] > 1_000_000  # busybox's layer
+
+
+def test_untagging_reports_only_the_name_not_layers_collected_from_elsewhere(docker):
+    """A --no-cache rebuild a second later makes a new image and leaves the old one's
+    layers unused; an untag afterwards deletes no image, so it reports no layer."""
+    import time
+    ctx = docker.top / "ctx-untag"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo once > /once\n")
+    docker.ok("build", "-q", "-t", "untag:v1", ctx)
+    time.sleep(1.1)   # a config made in another second: another image
+    docker.ok("build", "-q", "--no-cache", "-t", "untag:v1", ctx)
+    docker.ok("tag", "untag:v1", "untag:v2")
+    assert docker.ok("rmi", "untag:v2") == "Untagged: untag:v2\n"
+    removed = docker.ok("rmi", "untag:v1").splitlines()
+    assert removed[0] == "Untagged: untag:v1" and removed[1].startswith("Deleted: sha256:")
 
 
 def test_tag_gives_an_image_another_name(docker, app):
