@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from flask import current_app, request
+from flask import current_app
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -75,8 +75,8 @@ def values_for(db: Session, learner: Learner, host: str) -> dict[str, str]:
     classroom = db.get(Classroom, learner.classroom_id) if learner.classroom_id else None
     registry = current_app.config.get("REGISTRY_ADDRESS") or "127.0.0.1:8000"
     if classroom is not None and classroom.open and learner.registry_user:
-        return {"registry": registry, "ns": f"{classroom.id}/{learner.registry_user}", "class": classroom.id}
-    return {"registry": registry, "ns": f"play/{host}", "class": "play"}
+        return lessons.placeholders(registry, f"{classroom.id}/{learner.registry_user}", classroom.id)
+    return lessons.free_play(registry, host)
 
 
 def step_payload(db: Session, learner: Learner, progress: Progress, host: str) -> dict:
@@ -364,7 +364,8 @@ class Checkers:
             # What the dashboard shows of a student on a step: which checks hold yet.
             seen = [{"ok": r.ok, "label": r.label} for r in results]
             changed = newly or progress.checks != seen
-            progress.checks = seen
+            if changed:   # most runs change nothing: no write for them
+                progress.checks = seen
             message = {"lesson": lesson.id, "step": index, "passed": passed,
                        "done": sorted(progress.done), "finished": progress.finished_at is not None,
                        "results": [{"ok": r.ok, "label": r.label, "goal": r.goal, "nodes": r.nodes}

@@ -373,6 +373,16 @@ def _markdown() -> MarkdownIt:
     return MarkdownIt("commonmark", {"html": False})
 
 
+def placeholders(registry: str, namespace: str, classroom: str) -> dict[str, str]:
+    """The values of {registry}, {ns} and {class} (lessons/README.md)."""
+    return {"registry": registry, "ns": namespace, "class": classroom}
+
+
+def free_play(registry: str, host: str) -> dict[str, str]:
+    """The placeholders of a student in no classroom: their space is play/HOST."""
+    return placeholders(registry, f"play/{host}", "play")
+
+
 def fill(text: str, values: dict[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values.get(m[1], m[0]), text)
 

@@ -18,7 +18,7 @@ import re
 import threading
 import time
 
-from flask import current_app, request, session
+from flask import request
 from flask_socketio import disconnect, join_room
 
 from .engine_client import EngineError, EngineRefused

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
-import secrets
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -146,10 +145,6 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")   # readers don't wait for the writer
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
-
-
-def new_secret() -> str:
-    return secrets.token_urlsafe(18)
 
 
 def sha256(text: str) -> str:

@@ -150,7 +150,7 @@ def evaluation_cost(web: WebApp, host: str) -> dict:
     from app import lessons
     from app.engine_client import EngineClient
     client = EngineClient(str(web.host_socket(host)), timeout=60)
-    values = {"registry": f"127.0.0.1:{web.port}", "ns": f"play/{host}", "class": "play"}
+    values = lessons.free_play(f"127.0.0.1:{web.port}", host)
     events = list(client.lines("/glassbox/events?since=0&follow=0"))
     samples = []
     for lesson in lessons.load(Path(__file__).resolve().parent.parent / "lessons"):

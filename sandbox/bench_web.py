@@ -17,7 +17,6 @@ on a raw attach stream to the daemon.
 from __future__ import annotations
 
 import json
-import socket
 import statistics
 import threading
 import time

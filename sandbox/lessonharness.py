@@ -31,7 +31,7 @@ class LessonHost:
         self.socket = str(web.host_socket(name))
         self.client = EngineClient(self.socket, timeout=60)
         self.home = Path(tempfile.mkdtemp(prefix=f"lesson-{name}-"))
-        self.values = {"registry": f"127.0.0.1:{web.port}", "ns": f"play/{name}", "class": "play"}
+        self.values = lessons.free_play(f"127.0.0.1:{web.port}", name)
 
     def get(self, path: str):
         return self.client.get_json(path)

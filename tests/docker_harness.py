@@ -2,6 +2,7 @@
 unix sockets (for inputs no client would send). Shared by the Docker API test files."""
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,3 +113,18 @@ class Daemon:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+
+
+@contextlib.contextmanager
+def running_daemon(prefix: str):
+    """A `glassbox daemon` in a fresh temporary top directory, stopped and removed
+    afterwards, whatever happened (a test module's fixture)."""
+    top = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        daemon = Daemon(top)
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

@@ -8,27 +8,21 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import socket
-import tempfile
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from tests.docker_harness import DOCKER, Daemon, unix_request
+from tests.docker_harness import DOCKER, running_daemon, unix_request
 
 pytestmark = pytest.mark.skipif(DOCKER is None, reason="no docker CLI (./test installs one)")
 
 
 @pytest.fixture(scope="module")
 def daemon():
-    top = Path(tempfile.mkdtemp(prefix="glassbox-test-abuse-"))
-    daemon = Daemon(top)
-    yield daemon
-    daemon.stop()
-    shutil.rmtree(top, ignore_errors=True)
+    with running_daemon("glassbox-test-abuse-") as daemon:
+        yield daemon
 
 
 @pytest.fixture(scope="module")

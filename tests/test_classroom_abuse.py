@@ -16,7 +16,6 @@ import re
 import tempfile
 import time
 
-import pytest
 import requests
 
 from sandbox.webharness import Visitor, WebApp

@@ -2,27 +2,21 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import pty_session
-from tests.docker_harness import DOCKER, GLASSBOX, Daemon
+from tests.docker_harness import DOCKER, GLASSBOX, running_daemon
 
 pytestmark = pytest.mark.skipif(DOCKER is None, reason="no docker CLI (./test installs one)")
 
 
 @pytest.fixture(scope="module")
 def daemon():
-    top = Path(tempfile.mkdtemp(prefix="glassbox-test-docker-"))
-    daemon = Daemon(top)
-    yield daemon
-    daemon.stop()
-    shutil.rmtree(top, ignore_errors=True)
+    with running_daemon("glassbox-test-docker-") as daemon:
+        yield daemon
 
 
 @pytest.fixture

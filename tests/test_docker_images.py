@@ -11,16 +11,14 @@ import gzip
 import io
 import json
 import os
-import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
 import pytest
 
 docker_py = pytest.importorskip("docker")
 
-from tests.docker_harness import DOCKER, Daemon  # noqa: E402
+from tests.docker_harness import DOCKER, running_daemon  # noqa: E402
 from tests.test_registry import USERS, serving  # noqa: E402
 
 pytestmark = [
@@ -50,13 +48,8 @@ def image_ids(daemon) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def daemon():
-    top = Path(tempfile.mkdtemp(prefix="glassbox-test-docker-images-"))
-    daemon = Daemon(top)
-    try:
+    with running_daemon("glassbox-test-docker-images-") as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,16 +12,14 @@ import base64
 import http.server
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 
 from sandbox.quota import HostQuota, Quota
-from tests.docker_harness import DOCKER, Daemon, unix_request
+from tests.docker_harness import DOCKER, running_daemon, unix_request
 from tests.test_quota import FakeClock
 
 pytestmark = [
@@ -35,13 +33,8 @@ DEFAULT_QUOTA = {"starts_per_minute": 30, "execs_per_minute": 60, "builds_per_mi
 
 @pytest.fixture(scope="module")
 def daemon():
-    top = Path(tempfile.mkdtemp(prefix="glassbox-test-host-control-"))
-    daemon = Daemon(top)
-    try:
+    with running_daemon("glassbox-test-host-control-") as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def control(daemon, method: str, path: str, body=None) -> tuple[int, object]:

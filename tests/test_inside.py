@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from sandbox import engine as engine_module
 from sandbox.images import chain_ids
 from sandbox.inside import describe, walk_upper
 from sandbox.runtime import ContainerConfig
-from tests.docker_harness import DOCKER, GLASSBOX, Daemon
+from tests.docker_harness import DOCKER, GLASSBOX, running_daemon
 
 MiB = 1024 * 1024
 UNSHARED = ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")   # zygote's CONTAINER_NAMESPACES + user
@@ -204,11 +202,8 @@ def test_a_created_container_has_no_process_yet(engine):
 def daemon():
     if DOCKER is None:
         pytest.skip("no docker CLI (./test installs one)")
-    top = Path(tempfile.mkdtemp(prefix="glassbox-test-inside-"))
-    daemon = Daemon(top)
-    yield daemon
-    daemon.stop()
-    shutil.rmtree(top, ignore_errors=True)
+    with running_daemon("glassbox-test-inside-") as daemon:
+        yield daemon
 
 
 @pytest.fixture

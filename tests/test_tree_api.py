@@ -13,15 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 from sandbox.images import chain_ids
-from tests.docker_harness import DOCKER, Daemon, unix_request
+from tests.docker_harness import DOCKER, running_daemon, unix_request
 
 pytestmark = [
     pytest.mark.skipif(DOCKER is None, reason="no docker CLI (./test installs one)"),
@@ -39,13 +37,8 @@ MOTD = "final words\n"
 
 @pytest.fixture(scope="module")
 def daemon():
-    top = Path(tempfile.mkdtemp(prefix="glassbox-test-tree-api-"))
-    daemon = Daemon(top)
-    try:
+    with running_daemon("glassbox-test-tree-api-") as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture
